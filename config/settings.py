@@ -1,0 +1,246 @@
+"""The one settings class of hatz-worker.
+
+Every knob is an environment variable with the ``HATZ_`` prefix (or a line in
+``.env``). Celery's own configuration is derived from these values in
+:mod:`worker.celery_app`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "HATZ_"
+
+#: Svix-like schedule: roughly immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_CALLBACK_RETRY_DELAYS = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+class ConfigError(Exception):
+    """Raised when settings are missing or invalid; the message names each variable."""
+
+
+def _parse_float_list(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        return [float(p) for p in parts]
+    return value
+
+
+def _parse_str_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """hatz-worker settings; see README "Settings" for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Hatz API -----------------------------------------------------------
+    api_key: SecretStr = Field(default=SecretStr(""), description="Hatz API key (X-API-Key).")
+    base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("https://ai.hatz.ai/v1"), description="Hatz API base URL."
+    )
+    http_connect_timeout: float = Field(default=5.0, gt=0, description="Connect timeout, s.")
+    http_read_timeout: float = Field(default=30.0, gt=0, description="Read timeout, s.")
+    http_retries: int = Field(
+        default=3, ge=0, le=20, description="Retries of idempotent GETs on transient errors."
+    )
+    http_retry_base_delay: float = Field(default=0.5, ge=0, description="First retry delay, s.")
+    http_retry_max_delay: float = Field(default=10.0, ge=0, description="Largest retry delay, s.")
+    app_cache_ttl: float = Field(
+        default=60.0, ge=0, description="How long an app definition is cached, s."
+    )
+
+    # --- Redis (broker, result store, run ledger) ----------------------------
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL: Celery broker, result backend and run ledger.",
+    )
+    key_prefix: str = Field(default="hatz", description="Prefix of every ledger key.")
+    visibility_timeout: int = Field(
+        default=3600,
+        gt=0,
+        description="Broker/result-backend visibility_timeout, s; must exceed every countdown.",
+    )
+    run_retention: int = Field(
+        default=30 * 86400, gt=0, description="How long terminal runs stay in the ledger, s."
+    )
+    idempotency_ttl: int = Field(
+        default=7 * 86400, gt=0, description="How long an idempotency key maps to its run, s."
+    )
+
+    # --- Polling --------------------------------------------------------------
+    poll_initial_delay: float = Field(default=2.0, ge=0, description="First poll after submit, s.")
+    poll_interval: float = Field(default=5.0, gt=0, description="Poll interval, s.")
+    poll_backoff: float = Field(
+        default=1.5, ge=1.0, description="Interval multiplier per poll while the job is unchanged."
+    )
+    poll_max_interval: float = Field(default=60.0, gt=0, description="Largest poll interval, s.")
+    poll_jitter: float = Field(
+        default=0.1, ge=0, le=1, description="Relative jitter added to each countdown."
+    )
+    run_timeout: float = Field(
+        default=6 * 3600.0, gt=0, description="Give up polling after this long (TIMED_OUT), s."
+    )
+    not_found_limit: int = Field(
+        default=3, ge=1, description="Consecutive 404 'Job not found' polls before FAILED."
+    )
+    submit_retry_deadline: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="Stop retrying a submit (credit overage, 5xx) after this long, s.",
+    )
+    overage_pause: float = Field(
+        default=60.0, gt=0, description="Pause after a 429 credit overage before retrying, s."
+    )
+    presign_expires_in: int = Field(
+        default=3600, gt=0, le=7 * 86400, description="Presigned URL lifetime, s."
+    )
+    document_output_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["document", "file", "pdf", "docx", "xlsx", "pptx", "csv"],
+        description="Step output_type values that carry a document (comma-separated).",
+    )
+
+    # --- Callbacks ------------------------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Signing secret(s), whsec_..., comma-separated for rotation."
+    )
+    callback_allow_private: bool = Field(
+        default=False, description="Allow callbacks to loopback/private addresses."
+    )
+    callback_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts/CIDRs allowed despite the SSRF guard."
+    )
+    callback_connect_timeout: float = Field(default=5.0, gt=0)
+    callback_timeout: float = Field(default=15.0, gt=0, description="Total callback timeout, s.")
+    callback_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CALLBACK_RETRY_DELAYS),
+        description="Callback retry schedule, s, comma-separated.",
+    )
+
+    # --- Reliability ----------------------------------------------------------
+    sweep_interval: float = Field(default=30.0, gt=0, description="Sweeper period (beat), s.")
+    sweep_grace: float = Field(
+        default=60.0,
+        ge=0,
+        description="A run overdue by more than this is re-armed by the sweeper, s.",
+    )
+
+    # --- Worker ---------------------------------------------------------------
+    log_json: bool = Field(default=False, description="Log one JSON object per line.")
+    log_level: str = Field(default="INFO")
+
+    @field_validator("document_output_types", "callback_allow_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        return _parse_str_list(value)
+
+    @field_validator("callback_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        return _parse_float_list(value)
+
+    @field_validator("callback_retry_delays")
+    @classmethod
+    def _delays_non_negative(cls, value: list[float]) -> list[float]:
+        if not value or any(d < 0 for d in value):
+            raise ValueError("must be a non-empty comma-separated list of seconds >= 0")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"redis", "rediss", "unix", "sentinel"}:
+            raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for part in value.get_secret_value().split(","):
+            if not part.strip().startswith("whsec_"):
+                raise ValueError("each secret must start with 'whsec_'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.poll_max_interval < self.poll_interval:
+            raise ValueError(
+                f"{ENV_PREFIX}POLL_MAX_INTERVAL ({self.poll_max_interval}) must be >= "
+                f"{ENV_PREFIX}POLL_INTERVAL ({self.poll_interval})"
+            )
+        if self.longest_countdown() * 2 > self.visibility_timeout:
+            raise ValueError(
+                f"{ENV_PREFIX}VISIBILITY_TIMEOUT ({self.visibility_timeout}) must be at least "
+                f"twice the longest countdown ({self.longest_countdown():.0f} s): a countdown "
+                "longer than the visibility timeout is redelivered as a duplicate"
+            )
+        return self
+
+    # --- derived --------------------------------------------------------------
+    def longest_countdown(self) -> float:
+        """The longest countdown any task schedules, jitter included, in seconds."""
+        return max(
+            self.poll_initial_delay,
+            self.poll_max_interval,
+            self.overage_pause,
+            self.http_retry_max_delay,
+        ) * (1 + self.poll_jitter)
+
+    def webhook_secrets(self) -> list[str]:
+        """The active signing secrets, newest first (several during a rotation)."""
+        if self.webhook_secret is None:
+            return []
+        return [s.strip() for s in self.webhook_secret.get_secret_value().split(",") if s.strip()]
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item.get("loc", ()) if p != "__root__"]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment/.env plus ``overrides``.
+
+    Raises :class:`ConfigError` with one line per bad variable instead of a
+    pydantic traceback.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

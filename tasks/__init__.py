@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that pass run ids and publish what the pipeline returns."""

@@ -1,0 +1,14 @@
+"""Callback delivery task (``hatz.deliver_callback``), on its own queue."""
+
+from __future__ import annotations
+
+from worker import task_names
+from worker.callbacks import deliver_step
+from worker.celery_app import app, publish
+from worker.context import get_context
+
+
+@app.task(name=task_names.DELIVER_CALLBACK)  # type: ignore[untyped-decorator]
+def deliver_callback(run_id: str, token: int) -> None:
+    """Deliver one run's callback once; a failure schedules a retry, never fails the run."""
+    publish(deliver_step(get_context(), run_id, token), app)

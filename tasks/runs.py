@@ -1,0 +1,32 @@
+"""Run tasks: thin wrappers over :mod:`worker.pipeline`, passing run ids and tokens only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker import task_names
+from worker.api import enqueue_run
+from worker.celery_app import app, publish
+from worker.context import get_context
+from worker.pipeline import poll_step, submit_step
+
+
+@app.task(name=task_names.RUN_WORKFLOW, ignore_result=False)  # type: ignore[untyped-decorator]
+def run_workflow(**request: Any) -> str:
+    """Public entry point for ``send_task("hatz.run_workflow", kwargs={...})``.
+
+    Takes :func:`worker.enqueue_run`'s keyword arguments; returns the run id.
+    """
+    return enqueue_run(context=get_context(), celery=app, **request)
+
+
+@app.task(name=task_names.SUBMIT)  # type: ignore[untyped-decorator]
+def submit(run_id: str, token: int) -> None:
+    """Validate, upload and submit a run (``hatz.submit``)."""
+    publish(submit_step(get_context(), run_id, token), app)
+
+
+@app.task(name=task_names.POLL)  # type: ignore[untyped-decorator]
+def poll(run_id: str, token: int) -> None:
+    """Poll a run's job once and reschedule itself with a countdown (``hatz.poll``)."""
+    publish(poll_step(get_context(), run_id, token), app)

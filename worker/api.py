@@ -1,0 +1,206 @@
+"""The Python API for applications that enqueue runs.
+
+>>> from worker import enqueue_run, wait_for_run
+>>> run_id = enqueue_run("5ae6e9dd-...", {"topic": "ml"}, files={"report": "r.csv"})
+>>> run = wait_for_run(run_id, timeout=600)
+>>> run.state, run["documents"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from worker import task_names
+from worker.context import Context, get_context
+from worker.errors import InvalidRunError
+from worker.ledger import Run, RunState, fingerprint
+from worker.pipeline import Next, cancel
+from worker.ssrf import check_callback_url
+
+MAX_INPUTS_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 8 * 1024
+#: Event filter names a run may ask for (see README "Callbacks").
+KNOWN_EVENTS = frozenset(
+    {
+        "workflow_run.started",
+        "workflow_run.completed",
+        "workflow_run.failed",
+        "workflow_run.timed_out",
+        "workflow_run.rejected",
+        "workflow_run.canceled",
+    }
+)
+
+
+def _json_size(value: Any, what: str, limit: int, problems: list[str]) -> None:
+    try:
+        size = len(json.dumps(value))
+    except (TypeError, ValueError):
+        problems.append(f"{what} must be JSON-serialisable")
+        return
+    if size > limit:
+        problems.append(f"{what} is {size} bytes; the limit is {limit} (pass ids, not payloads)")
+
+
+def check_request(
+    app_id: Any,
+    inputs: Any,
+    files: Any,
+    metadata: Any,
+    events: Any,
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Check an enqueue request locally; return (inputs, absolute file paths, problems)."""
+    problems: list[str] = []
+    if not isinstance(app_id, str) or not app_id.strip():
+        problems.append("app_id must be a non-empty string")
+    if not isinstance(inputs, Mapping):
+        problems.append("inputs must be an object of variable_name -> value")
+        inputs = {}
+    if not isinstance(files, Mapping):
+        problems.append("files must be an object of variable_name -> local path")
+        files = {}
+    resolved: dict[str, str] = {}
+    for name, path in files.items():
+        if not isinstance(name, str) or not isinstance(path, str | os.PathLike):
+            problems.append(f"files[{name!r}] must be a path")
+            continue
+        p = Path(path).expanduser()
+        if not p.is_file():
+            problems.append(f"file for input {name!r} not found: {p}")
+        elif not os.access(p, os.R_OK):
+            problems.append(f"file for input {name!r} is not readable: {p}")
+        else:
+            resolved[name] = str(p.resolve())
+        if name in inputs:
+            problems.append(f"input {name!r} given both as a value and as a file")
+    if not all(isinstance(k, str) for k in inputs):
+        problems.append("input names must be strings")
+    _json_size(dict(inputs), "inputs", MAX_INPUTS_BYTES, problems)
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            problems.append("metadata must be an object")
+        else:
+            _json_size(dict(metadata), "metadata", MAX_METADATA_BYTES, problems)
+    if events is not None:
+        unknown = sorted(set(events) - KNOWN_EVENTS) if isinstance(events, list) else ["?"]
+        if unknown:
+            problems.append(f"unknown callback events {unknown}; known: {sorted(KNOWN_EVENTS)}")
+    return dict(inputs), resolved, problems
+
+
+def enqueue_run(
+    app_id: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
+    callback_url: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    is_draft_app: bool = False,
+    idempotency_key: str | None = None,
+    events: Iterable[str] | None = None,
+    context: Context | None = None,
+    celery: Celery | None = None,
+) -> str:
+    """Record a run in the ledger and queue it; return its ``run_id``.
+
+    ``files`` maps a ``file_upload`` input to a local path the worker can read;
+    it is uploaded and replaced by its ``file_uuid``. With ``idempotency_key``,
+    the same key and parameters return the same run (no second paid run); the
+    same key with other parameters raises :class:`IdempotencyConflictError`.
+    Bad input raises :class:`InvalidRunError` listing every problem; nothing is
+    enqueued then.
+    """
+    ctx = context or get_context()
+    event_list = list(events) if events is not None else None
+    clean_inputs, clean_files, problems = check_request(
+        app_id, inputs or {}, files or {}, metadata, event_list
+    )
+    if callback_url:
+        try:
+            check_callback_url(callback_url, ctx.settings)
+        except InvalidRunError as exc:
+            problems += exc.problems
+    if problems:
+        raise InvalidRunError(problems)
+    params = {
+        "app_id": app_id,
+        "inputs": clean_inputs,
+        "files": clean_files,
+        "callback_url": callback_url or "",
+        "metadata": dict(metadata or {}),
+        "is_draft_app": bool(is_draft_app),
+        "events": event_list,
+    }
+    run_id, created = ctx.ledger.create(
+        params,
+        idempotency_key=idempotency_key,
+        params_fingerprint=fingerprint(params),
+    )
+    if created:
+        from worker.celery_app import publish
+
+        publish([Next(task_names.SUBMIT, (run_id, 0))], celery)
+    return run_id
+
+
+def get_run(run_id: str, *, context: Context | None = None) -> Run:
+    """The run's record; raises :class:`RunNotFoundError` when unknown."""
+    return (context or get_context()).ledger.require(run_id)
+
+
+def list_runs(
+    *, state: RunState | str | None = None, limit: int = 100, context: Context | None = None
+) -> list[Run]:
+    """Recent runs, newest first, optionally only those in ``state``."""
+    ctx = context or get_context()
+    wanted = RunState(state.upper()) if isinstance(state, str) else state
+    runs: list[Run] = []
+    for run_id in ctx.ledger.run_ids(limit=10_000 if wanted else limit):
+        run = ctx.ledger.get(run_id)
+        if run is None or (wanted is not None and run.state is not wanted):
+            continue
+        runs.append(run)
+        if len(runs) >= limit:
+            break
+    return runs
+
+
+def wait_for_run(
+    run_id: str,
+    *,
+    timeout: float | None = None,
+    interval: float = 0.5,
+    on_update: Callable[[Run], None] | None = None,
+    context: Context | None = None,
+) -> Run:
+    """Block until the run is terminal; return it. Raises TimeoutError after ``timeout`` s.
+
+    ``on_update`` is called with the record on every check (for progress displays).
+    """
+    ctx = context or get_context()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        run = ctx.ledger.require(run_id)
+        if on_update is not None:
+            on_update(run)
+        if run.state.is_terminal:
+            return run
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"run {run_id} still {run.state.value} after {timeout} s")
+        time.sleep(interval)
+
+
+def cancel_run(run_id: str, *, context: Context | None = None) -> bool:
+    """Stop polling and mark the run CANCELED; False if it had already finished.
+
+    The Hatz API has no remote cancel: a job already submitted keeps running
+    (and spending credits) at Hatz; only hatz-worker stops following it.
+    """
+    return cancel(context or get_context(), run_id)

@@ -1,0 +1,448 @@
+"""The run ledger: each run's durable record in Redis, and the only way to change it.
+
+A run is one hash (:meth:`worker.keys.Keys.run`). Every change is a
+compare-and-set done by one Lua script (:data:`_CAS`), which checks
+
+* the run's **state** is one of the allowed states (states only move forward), and
+* the run's **token** is the one the caller holds.
+
+The token makes every self-rescheduling chain (submit retries, polls) single:
+a task claims the run by moving the token ``t -> t+1`` and schedules its
+successor with ``t+1``. A duplicate or stale message still carries ``t`` and
+finds nothing to do, so a run can never have two poll chains.
+
+``P:schedule`` holds every non-terminal run scored by ``next_at``, the time its
+next task is due (or, while a task works on it, when that task's lease ends).
+The sweeper re-arms runs that are overdue there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from worker.errors import IdempotencyConflictError, RunNotFoundError
+from worker.keys import Keys
+
+
+class RunState(StrEnum):
+    """Where a run is. Non-terminal states only ever move forward, in this order."""
+
+    QUEUED = "QUEUED"
+    UPLOADING = "UPLOADING"
+    SUBMITTING = "SUBMITTING"
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    REJECTED = "REJECTED"
+    CANCELED = "CANCELED"
+    AMBIGUOUS = "AMBIGUOUS"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for states a run never leaves."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        RunState.COMPLETED,
+        RunState.FAILED,
+        RunState.TIMED_OUT,
+        RunState.REJECTED,
+        RunState.CANCELED,
+        RunState.AMBIGUOUS,
+    }
+)
+PRE_SUBMIT_STATES = frozenset({RunState.QUEUED, RunState.UPLOADING, RunState.SUBMITTING})
+POLLING_STATES = frozenset({RunState.SUBMITTED, RunState.RUNNING})
+ACTIVE_STATES = PRE_SUBMIT_STATES | POLLING_STATES
+
+#: Fields stored as JSON in the hash; everything else is a plain string or number.
+_JSON_FIELDS = frozenset(
+    {
+        "inputs",
+        "files",
+        "metadata",
+        "events",
+        "step_outputs",
+        "documents",
+        "callback_attempts",
+    }
+)
+_FLOAT_FIELDS = frozenset({"next_at", "updated_at", "created_at", "lease_until"})
+_INT_FIELDS = frozenset(
+    {
+        "token",
+        "poll_count",
+        "not_found_count",
+        "submit_attempts",
+        "steps_done",
+        "number_of_steps",
+        "callback_seq",
+        "callback_token",
+    }
+)
+_BOOL_FIELDS = frozenset({"is_draft_app", "submit_inflight"})
+
+# KEYS: run hash, schedule zset.
+# ARGV: run_id, allowed (",A,B," or ""), token field, expected token ("" = any),
+#       new state ("" = keep), now, schedule ("" keep | "-" remove | score),
+#       expire seconds ("" none), bump token ("1"/"0"), return record ("1"/"0"),
+#       field, value, ...
+# Returns {1, token, state_before[, flat record]} or {0, state} or {-1}.
+_CAS = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {-1} end
+if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. state .. ',', 1, true) then
+  return {0, state}
+end
+local token = redis.call('HGET', KEYS[1], ARGV[3]) or '0'
+if ARGV[4] ~= '' and token ~= ARGV[4] then return {0, state} end
+if ARGV[9] == '1' then
+  token = tostring(tonumber(token) + 1)
+  redis.call('HSET', KEYS[1], ARGV[3], token)
+end
+if ARGV[5] ~= '' and ARGV[5] ~= state then
+  redis.call('HSET', KEYS[1], 'state', ARGV[5], string.lower(ARGV[5]) .. '_at', ARGV[6])
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
+if ARGV[7] == '-' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], 'next_at')
+elseif ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
+  redis.call('HSET', KEYS[1], 'next_at', ARGV[7])
+end
+if ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
+if ARGV[10] == '1' then return {1, token, state, redis.call('HGETALL', KEYS[1])} end
+return {1, token, state}
+"""
+
+# KEYS: run hash, runs zset, schedule zset, idempotency key ("" when none)
+# ARGV: run_id, now, next_at, fingerprint, idem ttl, field, value, ...
+# Returns {1, run_id} or {0, existing_run_id, existing_fingerprint}.
+_CREATE = """
+if KEYS[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then
+    local sep = string.find(existing, '|', 1, true)
+    return {0, string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)}
+  end
+  redis.call('SET', KEYS[4], ARGV[1] .. '|' .. ARGV[4], 'EX', ARGV[5])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return {1, ARGV[1]}
+"""
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, RunState):
+        return value.value
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _decode(name: str, raw: str) -> Any:
+    if name in _JSON_FIELDS:
+        return json.loads(raw) if raw else None
+    if name in _FLOAT_FIELDS or name.endswith("_at"):
+        return float(raw) if raw else None
+    if name in _INT_FIELDS:
+        return int(raw) if raw else 0
+    if name in _BOOL_FIELDS:
+        return raw == "1"
+    return raw
+
+
+class Run(dict[str, Any]):
+    """A run record as read from the ledger: a dict of decoded fields.
+
+    Convenience properties cover the fields every caller needs; everything
+    else is available by key (``run["job_id"]``). See README "Run record".
+    """
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> Run:
+        """Decode a raw Redis hash."""
+        return cls({k: _decode(k, v) for k, v in data.items()})
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return str(self["run_id"])
+
+    @property
+    def state(self) -> RunState:
+        """The run's state."""
+        return RunState(self["state"])
+
+    @property
+    def token(self) -> int:
+        """The run's current chain token."""
+        return int(self.get("token") or 0)
+
+    def history(self) -> list[tuple[str, float]]:
+        """``(state, time)`` for every state the run went through, oldest first."""
+        names = {s.value.lower(): s.value for s in RunState}
+        stamps = [
+            (names[k[: -len("_at")]], float(v))
+            for k, v in self.items()
+            if k.endswith("_at") and k[: -len("_at")] in names and v is not None
+        ]
+        return sorted(stamps, key=lambda item: item[1])
+
+
+def fingerprint(params: Mapping[str, Any]) -> str:
+    """A stable hash of run parameters, to compare idempotent requests."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _flat(fields: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        out += [key, _encode(value)]
+    return out
+
+
+def _allowed(states: Iterable[RunState] | None) -> str:
+    if states is None:
+        return ""
+    return "," + ",".join(s.value for s in states) + ","
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+class CasResult:
+    """Outcome of a compare-and-set: ``ok``, the new token, the state before, the record."""
+
+    __slots__ = ("ok", "record", "state_before", "token")
+
+    def __init__(
+        self, ok: bool, token: int = 0, state_before: str = "", record: Run | None = None
+    ) -> None:
+        self.ok = ok
+        self.token = token
+        self.state_before = state_before
+        self.record = record
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Ledger:
+    """Reads and compare-and-sets run records in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys | None = None,
+        retention: int = 30 * 86400,
+        idempotency_ttl: int = 7 * 86400,
+        clock: Any = time.time,
+    ) -> None:
+        self.redis = client
+        self.keys = keys or Keys()
+        self.retention = retention
+        self.idempotency_ttl = idempotency_ttl
+        self.clock = clock
+        self._cas = client.register_script(_CAS)
+        self._create = client.register_script(_CREATE)
+
+    # --- create and read ------------------------------------------------------------
+
+    def create(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        params_fingerprint: str = "",
+        first_due_in: float = 60.0,
+        run_id: str | None = None,
+    ) -> tuple[str, bool]:
+        """Create a QUEUED run; return ``(run_id, created)``.
+
+        With an ``idempotency_key`` seen before, return the existing run id and
+        ``created=False`` when the parameters match, else raise
+        :class:`IdempotencyConflictError`. ``first_due_in``: when the sweeper may
+        assume the first task was lost.
+        """
+        run_id = run_id or uuid.uuid4().hex
+        now = self.clock()
+        record = {
+            **fields,
+            "run_id": run_id,
+            "state": RunState.QUEUED,
+            "token": 0,
+            "created_at": now,
+            "queued_at": now,
+            "updated_at": now,
+            "next_at": now + first_due_in,
+        }
+        if idempotency_key:
+            record["idempotency_key"] = idempotency_key
+        idem_key = self.keys.idempotency(idempotency_key) if idempotency_key else ""
+        result = self._create(
+            keys=[self.keys.run(run_id), self.keys.runs, self.keys.schedule, idem_key],
+            args=[
+                run_id,
+                now,
+                now + first_due_in,
+                params_fingerprint,
+                self.idempotency_ttl,
+                *_flat(record),
+            ],
+        )
+        if int(result[0]) == 1:
+            return run_id, True
+        existing, existing_fp = _str(result[1]), _str(result[2])
+        if existing_fp != params_fingerprint:
+            raise IdempotencyConflictError(
+                f"idempotency key {idempotency_key!r} was already used for run {existing} "
+                "with different parameters"
+            )
+        return existing, False
+
+    def get(self, run_id: str) -> Run | None:
+        """The run record, or None when unknown or expired."""
+        data = self.redis.hgetall(self.keys.run(run_id))
+        if not data:
+            return None
+        return Run.from_hash({_str(k): _str(v) for k, v in data.items()})
+
+    def require(self, run_id: str) -> Run:
+        """The run record; raise :class:`RunNotFoundError` when missing."""
+        run = self.get(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run {run_id!r} in the ledger (unknown or expired)")
+        return run
+
+    def run_ids(self, *, newest_first: bool = True, limit: int = 1000) -> list[str]:
+        """Run ids by creation time; trims ids whose records expired."""
+        cutoff = self.clock() - self.retention
+        self.redis.zremrangebyscore(self.keys.runs, "-inf", cutoff)
+        ids = (
+            self.redis.zrevrange(self.keys.runs, 0, limit - 1)
+            if newest_first
+            else self.redis.zrange(self.keys.runs, 0, limit - 1)
+        )
+        return [_str(i) for i in ids]
+
+    def due(self, before: float, *, limit: int = 500) -> list[tuple[str, float]]:
+        """Non-terminal runs whose ``next_at`` is earlier than ``before``."""
+        rows = self.redis.zrangebyscore(
+            self.keys.schedule, "-inf", before, start=0, num=limit, withscores=True
+        )
+        return [(_str(row[0]), float(row[1])) for row in rows]
+
+    # --- compare-and-set ----------------------------------------------------------
+
+    def cas(
+        self,
+        run_id: str,
+        *,
+        states: Iterable[RunState] | None,
+        token: int | None = None,
+        token_field: str = "token",
+        to: RunState | None = None,
+        fields: Mapping[str, Any] | None = None,
+        next_at: float | None = None,
+        unschedule: bool = False,
+        bump_token: bool = False,
+        return_record: bool = False,
+    ) -> CasResult:
+        """Atomically change a run if its state is in ``states`` and its token is ``token``.
+
+        ``states`` is required (None means "any state", which only metadata updates use).
+
+        ``to`` moves the state (recording ``<state>_at``); a terminal ``to``
+        starts the run's retention countdown and, unless ``next_at`` is given
+        (a callback still due), removes it from the schedule. ``bump_token``
+        claims the run (``token -> token+1``); ``token_field`` names the
+        token (``token`` for the run chain, ``callback_token`` for deliveries).
+        """
+        now = self.clock()
+        terminal = to is not None and to.is_terminal
+        if unschedule or (terminal and next_at is None):
+            schedule = "-"
+        else:
+            schedule = "" if next_at is None else repr(next_at)
+        result = self._cas(
+            keys=[self.keys.run(run_id), self.keys.schedule],
+            args=[
+                run_id,
+                _allowed(states),
+                token_field,
+                "" if token is None else str(token),
+                "" if to is None else to.value,
+                repr(now),
+                schedule,
+                str(self.retention) if terminal else "",
+                "1" if bump_token else "0",
+                "1" if return_record else "0",
+                *_flat(fields or {}),
+            ],
+        )
+        code = int(result[0])
+        if code == -1:
+            return CasResult(False, state_before="")
+        if code == 0:
+            return CasResult(False, state_before=_str(result[1]))
+        record = None
+        if return_record:
+            record = Run.from_hash(_pairs([_str(x) for x in result[3]]))
+        return CasResult(True, int(result[1]), _str(result[2]), record)
+
+    def claim(
+        self,
+        run_id: str,
+        token: int,
+        states: Iterable[RunState],
+        lease: float,
+        *,
+        token_field: str = "token",
+        fields: Mapping[str, Any] | None = None,
+    ) -> Run | None:
+        """Claim a run for one task: bump its token and hold it for ``lease`` seconds.
+
+        Returns the record (with the new token) or None when the message is
+        stale, duplicated, or the run is in another state.
+        """
+        result = self.cas(
+            run_id,
+            states=states,
+            token=token,
+            token_field=token_field,
+            bump_token=True,
+            next_at=self.clock() + lease,
+            fields=fields,
+            return_record=True,
+        )
+        return result.record if result else None
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

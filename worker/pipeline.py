@@ -1,0 +1,473 @@
+"""The run pipeline as plain functions: validate, upload, submit, poll, finish.
+
+Each function takes a :class:`~worker.context.Context` and a run id (plus the
+token its message carries), changes the ledger only by compare-and-set, and
+returns the follow-up tasks to publish as :class:`Next` values. The Celery
+tasks in ``tasks/`` only publish them, so tests call these functions directly.
+
+Submit rule (the API has no idempotency key): ``POST /workflows/run`` is sent
+at most once per run unless the previous attempt provably did not create a
+job: the connection never opened, or the API answered 429 or 5xx. An attempt
+whose answer was lost (read timeout, reset connection, unreadable 2xx body) or
+a worker that died mid-send leaves the run AMBIGUOUS: it is never re-sent
+automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker import task_names
+from worker.context import Context
+from worker.errors import (
+    HatzAPIError,
+    HatzAuthError,
+    HatzConnectError,
+    HatzCreditOverageError,
+    HatzError,
+    HatzNotFoundError,
+    HatzRateLimitError,
+    HatzResponseError,
+    HatzServerError,
+    HatzTransportError,
+    HatzValidationError,
+)
+from worker.hatz_types import App, Job, StepOutput
+from worker.ledger import ACTIVE_STATES, POLLING_STATES, PRE_SUBMIT_STATES, Run, RunState
+
+log = logging.getLogger(__name__)
+
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+_MAX_OUTPUT_CHARS = 100_000
+_MAX_ERROR_CHARS = 500
+_CALLBACK_GRACE = 120.0
+
+
+@dataclass(frozen=True)
+class Next:
+    """A task to publish after a pipeline step: ``task`` by name, ``args``, ``countdown`` s."""
+
+    task: str
+    args: tuple[Any, ...]
+    countdown: float = 0.0
+
+
+# --- timing -----------------------------------------------------------------------
+
+
+def jittered(ctx: Context, seconds: float) -> float:
+    """``seconds`` spread by ±``HATZ_POLL_JITTER`` so many runs never poll in lockstep."""
+    j = ctx.settings.poll_jitter
+    return max(0.0, seconds * (1 + random.uniform(-j, j)))
+
+
+def _lease(ctx: Context) -> float:
+    """How long one task may hold a run before the sweeper may assume it died."""
+    s = ctx.settings
+    http = (s.http_connect_timeout + s.http_read_timeout) * (s.http_retries + 1)
+    return http + s.http_retry_max_delay * s.http_retries + 30.0
+
+
+def _retry_delay(ctx: Context, attempt: int, exc: HatzError | None = None) -> float:
+    """Delay before retry ``attempt`` (1-based) of a failed step."""
+    s = ctx.settings
+    if isinstance(exc, HatzCreditOverageError | HatzAuthError):
+        return jittered(ctx, s.overage_pause)
+    if isinstance(exc, HatzAPIError) and exc.retry_after is not None:
+        return min(max(exc.retry_after, 0.0), s.poll_max_interval)
+    return jittered(ctx, min(s.poll_max_interval, s.poll_interval * 2 ** (attempt - 1)))
+
+
+def _short(exc: BaseException | str) -> str:
+    text = str(exc) if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_ERROR_CHARS]
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def looks_like_file_uuid(value: Any) -> bool:
+    """True for a string shaped like the ``file_uuid`` the upload endpoint returns."""
+    return isinstance(value, str) and bool(_UUID.match(value))
+
+
+def validate_inputs(app: App, inputs: Mapping[str, Any], files: Mapping[str, str]) -> list[str]:
+    """Every problem with ``inputs``/``files`` against the app's ``user_inputs`` (empty = ok)."""
+    problems: list[str] = []
+    declared = {ui.variable_name: ui for ui in app.user_inputs}
+    for name in sorted(set(inputs) | set(files)):
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            problems.append(f"unknown input {name!r} (the app's inputs: {known})")
+    for name, ui in sorted(declared.items()):
+        given_file = name in files
+        given_value = name in inputs and inputs[name] not in (None, "")
+        if ui.required and not (given_file or given_value):
+            problems.append(f"missing required input {name!r}")
+        if ui.is_file and given_value and not looks_like_file_uuid(inputs[name]):
+            problems.append(f"input {name!r} is a file_upload input: pass a file, not a value")
+        if given_file and not ui.is_file:
+            problems.append(f"input {name!r} is not a file_upload input ({ui.variable_type})")
+    return problems
+
+
+def fetch_app(ctx: Context, app_id: str) -> App:
+    """``GET /app/{id}``, cached in Redis for ``HATZ_APP_CACHE_TTL`` seconds."""
+    key = ctx.keys.app(app_id)
+    cached = ctx.redis.get(key) if ctx.settings.app_cache_ttl > 0 else None
+    if cached:
+        return App.model_validate_json(cached)
+    app = ctx.client.get_app(app_id)
+    if ctx.settings.app_cache_ttl > 0:
+        ctx.redis.set(key, app.model_dump_json(), ex=max(1, int(ctx.settings.app_cache_ttl)))
+    return app
+
+
+# --- finishing ------------------------------------------------------------------------
+
+
+def finish(
+    ctx: Context,
+    run_id: str,
+    token: int | None,
+    to: RunState,
+    *,
+    error: str = "",
+    fields: Mapping[str, Any] | None = None,
+    states: frozenset[RunState] | None = None,
+) -> list[Next]:
+    """Move a run to terminal state ``to`` (CAS) and queue its callback, if it has one."""
+    run = ctx.ledger.get(run_id)
+    if run is None:
+        return []
+    has_callback = bool(run.get("callback_url"))
+    changes: dict[str, Any] = dict(fields or {})
+    if error:
+        changes["error"] = error[:_MAX_ERROR_CHARS]
+    if has_callback:
+        changes["callback_state"] = "pending"
+    result = ctx.ledger.cas(
+        run_id,
+        states=states if states is not None else (PRE_SUBMIT_STATES | POLLING_STATES),
+        token=token,
+        to=to,
+        fields=changes,
+        # A run with a callback stays on the schedule until it is delivered, so the
+        # sweeper can re-send a delivery whose task was lost.
+        next_at=ctx.clock() + _CALLBACK_GRACE if has_callback else None,
+    )
+    if not result:
+        return []
+    log.info("run %s -> %s%s", run_id, to.value, f": {error}" if error else "")
+    if has_callback:
+        return [Next(task_names.DELIVER_CALLBACK, (run_id, int(run.get("callback_token") or 0)))]
+    return []
+
+
+# --- submit ---------------------------------------------------------------------------
+
+
+def _reschedule_submit(
+    ctx: Context, run: Run, token: int, exc: HatzError, **fields: Any
+) -> list[Next]:
+    attempts = int(run.get("submit_attempts") or 0) + 1
+    age = ctx.clock() - float(run["created_at"])
+    if age > ctx.settings.submit_retry_deadline:
+        return finish(ctx, run.run_id, token, RunState.FAILED, error=f"gave up: {_short(exc)}")
+    delay = _retry_delay(ctx, attempts, exc)
+    ok = ctx.ledger.cas(
+        run.run_id,
+        states=PRE_SUBMIT_STATES,
+        token=token,
+        next_at=ctx.clock() + delay,
+        fields={
+            "submit_attempts": attempts,
+            "submit_inflight": False,
+            "last_error": _short(exc),
+            **fields,
+        },
+    )
+    if not ok:
+        return []
+    log.warning("run %s: %s; retrying in %.1f s", run.run_id, _short(exc), delay)
+    return [Next(task_names.SUBMIT, (run.run_id, token), delay)]
+
+
+def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
+    """Validate, upload files and submit one run; schedule its first poll.
+
+    A stale or duplicate message (wrong token, run already past submit) is a no-op.
+    """
+    run = ctx.ledger.claim(run_id, token, PRE_SUBMIT_STATES, _lease(ctx))
+    if run is None:
+        return []
+    token = run.token
+    if run.get("submit_inflight"):
+        # Only reachable through a sweeper re-arm of a send that never reported back.
+        return finish(
+            ctx, run_id, token, RunState.AMBIGUOUS, error="submit outcome unknown (worker lost)"
+        )
+    state = run.state
+    inputs: dict[str, Any] = dict(run.get("inputs") or {})
+    files: dict[str, str] = dict(run.get("files") or {})
+
+    if state is RunState.QUEUED:
+        try:
+            app = fetch_app(ctx, run["app_id"])
+        except HatzNotFoundError:
+            return finish(ctx, run_id, token, RunState.REJECTED, error="unknown app_id")
+        except HatzValidationError as exc:
+            return finish(ctx, run_id, token, RunState.REJECTED, error=_short(exc))
+        except (HatzError, ValueError) as exc:
+            err = exc if isinstance(exc, HatzError) else HatzResponseError(str(exc))
+            return _reschedule_submit(ctx, run, token, err)
+        problems = validate_inputs(app, inputs, files)
+        if problems:
+            return finish(ctx, run_id, token, RunState.REJECTED, error="; ".join(problems))
+        state = RunState.UPLOADING if files else RunState.SUBMITTING
+        if not ctx.ledger.cas(run_id, states=ACTIVE_STATES, token=token, to=state):
+            return []
+
+    if state is RunState.UPLOADING:
+        for name, path in sorted(files.items()):
+            if name in inputs:
+                continue  # uploaded by an earlier attempt
+            try:
+                uploaded = ctx.client.upload_file(
+                    path, scope_type="workflow", scope_id=run["app_id"]
+                )
+            except OSError as exc:
+                msg = f"cannot read file for input {name!r}: {exc.strerror or exc}"
+                return finish(ctx, run_id, token, RunState.REJECTED, error=msg)
+            except (HatzValidationError, HatzNotFoundError) as exc:
+                msg = f"upload of input {name!r} refused: {exc.detail}"
+                return finish(ctx, run_id, token, RunState.REJECTED, error=msg)
+            except HatzError as exc:
+                return _reschedule_submit(ctx, run, token, exc, inputs=inputs)
+            inputs[name] = uploaded.file_uuid
+            if not ctx.ledger.cas(
+                run_id, states=ACTIVE_STATES, token=token, fields={"inputs": inputs}
+            ):
+                return []
+        if not ctx.ledger.cas(run_id, states=ACTIVE_STATES, token=token, to=RunState.SUBMITTING):
+            return []
+
+    # SUBMITTING: mark the send in flight first, so a crash mid-send is never re-sent.
+    if not ctx.ledger.cas(
+        run_id, states=ACTIVE_STATES, token=token, fields={"submit_inflight": True}
+    ):
+        return []
+    try:
+        job = ctx.client.run_workflow(
+            run["app_id"], inputs, is_draft_app=bool(run.get("is_draft_app"))
+        )
+    except (HatzConnectError, HatzRateLimitError, HatzCreditOverageError, HatzServerError) as exc:
+        return _reschedule_submit(ctx, run, token, exc)
+    except HatzAuthError as exc:
+        return _reschedule_submit(ctx, run, token, exc)
+    except (HatzValidationError, HatzNotFoundError) as exc:
+        return finish(ctx, run_id, token, RunState.REJECTED, error=f"submit refused: {exc.detail}")
+    except (HatzTransportError, HatzResponseError) as exc:
+        return finish(
+            ctx,
+            run_id,
+            token,
+            RunState.AMBIGUOUS,
+            error=f"submit outcome unknown, not re-sent to avoid a duplicate job: {_short(exc)}",
+        )
+    first = jittered(ctx, ctx.settings.poll_initial_delay)
+    now = ctx.clock()
+    ok = ctx.ledger.cas(
+        run_id,
+        states=PRE_SUBMIT_STATES,
+        token=token,
+        to=RunState.SUBMITTED,
+        next_at=now + first,
+        fields={
+            "job_id": job.job_id,
+            "submit_inflight": False,
+            "submit_attempts": int(run.get("submit_attempts") or 0) + 1,
+            "poll_interval": ctx.settings.poll_interval,
+            "due_at": now + first,
+            "last_error": "",
+        },
+    )
+    if not ok:
+        # Canceled while the request was in flight: the job exists, nobody polls it.
+        log.warning("run %s: job %s submitted after the run left SUBMITTING", run_id, job.job_id)
+        ctx.ledger.cas(run_id, states=None, fields={"job_id": job.job_id})
+        return []
+    log.info("run %s submitted as job %s", run_id, job.job_id)
+    return [Next(task_names.POLL, (run_id, token), first)]
+
+
+# --- poll -----------------------------------------------------------------------------
+
+
+def _summarise_step(step: StepOutput) -> dict[str, Any]:
+    data = step.output_data
+    if isinstance(data, str) and len(data) > _MAX_OUTPUT_CHARS:
+        data = data[:_MAX_OUTPUT_CHARS]
+    return {
+        "step_id": step.step_id,
+        "step_type": step.step_type,
+        "status": step.status,
+        "output_type": step.output_type,
+        "output_data": data,
+        "duration": step.duration,
+    }
+
+
+def is_document(ctx: Context, output_type: str) -> bool:
+    """Whether a step's ``output_type`` may carry a document (``HATZ_DOCUMENT_OUTPUT_TYPES``)."""
+    kinds = ctx.settings.document_output_types
+    if "*" in kinds:
+        return output_type not in ("", "dump", "text")
+    return output_type in kinds
+
+
+def collect_documents(ctx: Context, job: Job) -> dict[str, dict[str, Any]]:
+    """Presigned URLs of every document step; a 4xx means "no document", not a failure."""
+    documents: dict[str, dict[str, Any]] = {}
+    expires_in = ctx.settings.presign_expires_in
+    for step in job.step_outputs:
+        if step.status != "complete" or not is_document(ctx, step.output_type):
+            continue
+        requested = ctx.clock()
+        try:
+            url = ctx.client.presigned_url(job.job_id, step.step_id, expires_in=expires_in)
+        except (HatzValidationError, HatzNotFoundError):
+            continue
+        documents[step.step_id] = {"url": url.url, "expires_at": requested + url.expires_in}
+    return documents
+
+
+def _failure_reason(job: Job) -> str:
+    for step in job.step_outputs:
+        if step.status == "failed":
+            detail = step.output_data if isinstance(step.output_data, str) else ""
+            return f"step {step.step_id} failed" + (f": {detail}" if detail else "")
+    return "job failed"
+
+
+def _next_interval(ctx: Context, run: Run, job: Job | None) -> float:
+    s = ctx.settings
+    current = float(run.get("poll_interval") or s.poll_interval)
+    progressed = job is not None and (
+        job.status != run.get("hatz_status") or job.steps_done != int(run.get("steps_done") or 0)
+    )
+    if progressed:
+        return s.poll_interval
+    return min(s.poll_max_interval, current * s.poll_backoff)
+
+
+def _reschedule_poll(
+    ctx: Context, run: Run, token: int, interval: float, fields: Mapping[str, Any]
+) -> list[Next]:
+    countdown = jittered(ctx, interval)
+    now = ctx.clock()
+    ok = ctx.ledger.cas(
+        run.run_id,
+        states=POLLING_STATES,
+        token=token,
+        to=fields.get("state_to"),
+        next_at=now + countdown,
+        fields={
+            **{k: v for k, v in fields.items() if k != "state_to"},
+            "poll_interval": interval,
+            "due_at": now + countdown,
+        },
+    )
+    if not ok:
+        return []
+    return [Next(task_names.POLL, (run.run_id, token), countdown)]
+
+
+def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
+    """Poll one run's job once; finish it or reschedule the next poll (one chain per run)."""
+    run = ctx.ledger.claim(run_id, token, POLLING_STATES, _lease(ctx))
+    if run is None:
+        return []
+    token = run.token
+    now = ctx.clock()
+    base: dict[str, Any] = {"poll_count": int(run.get("poll_count") or 0) + 1}
+    due = run.get("due_at")
+    if due:
+        base["last_poll_lateness"] = round(max(0.0, now - float(due)), 4)
+    submitted_at = float(run.get("submitted_at") or run["created_at"])
+    if now - submitted_at > ctx.settings.run_timeout:
+        return finish(
+            ctx,
+            run_id,
+            token,
+            RunState.TIMED_OUT,
+            error=f"no result after {ctx.settings.run_timeout:.0f} s",
+            fields=base,
+        )
+    try:
+        job = ctx.client.get_job(run["job_id"])
+    except HatzNotFoundError as exc:
+        misses = int(run.get("not_found_count") or 0) + 1
+        if misses >= ctx.settings.not_found_limit:
+            return finish(ctx, run_id, token, RunState.FAILED, error=exc.detail, fields=base)
+        fields = {**base, "not_found_count": misses, "last_error": _short(exc)}
+        return _reschedule_poll(ctx, run, token, _next_interval(ctx, run, None), fields)
+    except HatzError as exc:
+        interval = _next_interval(ctx, run, None)
+        if isinstance(exc, HatzCreditOverageError | HatzAuthError):
+            interval = max(interval, ctx.settings.overage_pause)
+        elif isinstance(exc, HatzAPIError) and exc.retry_after:
+            interval = max(interval, min(exc.retry_after, ctx.settings.poll_max_interval))
+        return _reschedule_poll(ctx, run, token, interval, {**base, "last_error": _short(exc)})
+
+    progress = {
+        **base,
+        "hatz_status": job.status,
+        "steps_done": job.steps_done,
+        "number_of_steps": job.number_of_steps or 0,
+        "not_found_count": 0,
+    }
+    if job.status == "complete":
+        try:
+            documents = collect_documents(ctx, job)
+        except HatzError as exc:
+            fields = {**progress, "last_error": f"presigned-url: {_short(exc)}"}
+            return _reschedule_poll(ctx, run, token, ctx.settings.poll_interval, fields)
+        fields = {
+            **progress,
+            "step_outputs": [_summarise_step(s) for s in job.step_outputs],
+            "documents": documents,
+            "last_error": "",
+        }
+        return finish(ctx, run_id, token, RunState.COMPLETED, fields=fields)
+    if job.status == "failed":
+        fields = {**progress, "step_outputs": [_summarise_step(s) for s in job.step_outputs]}
+        return finish(
+            ctx, run_id, token, RunState.FAILED, error=_failure_reason(job), fields=fields
+        )
+    if job.status == "running" and run.state is RunState.SUBMITTED:
+        progress["state_to"] = RunState.RUNNING
+    return _reschedule_poll(ctx, run, token, _next_interval(ctx, run, job), progress)
+
+
+# --- cancel ---------------------------------------------------------------------------
+
+
+def cancel(ctx: Context, run_id: str) -> bool:
+    """Stop polling a run and mark it CANCELED. The API has no remote cancel: a submitted
+    job keeps running at Hatz; only our side stops. Returns False if already terminal."""
+    ctx.ledger.require(run_id)
+    result = ctx.ledger.cas(
+        run_id,
+        states=PRE_SUBMIT_STATES | POLLING_STATES,
+        to=RunState.CANCELED,
+        fields={"error": "canceled by request (the Hatz job, if submitted, was not stopped)"},
+    )
+    return result.ok

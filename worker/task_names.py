@@ -1,0 +1,30 @@
+"""Stable public task names and queues.
+
+Other applications call these by name (``send_task("hatz.run_workflow", ...)``)
+without importing hatz-worker, so they never change.
+"""
+
+from __future__ import annotations
+
+RUN_WORKFLOW = "hatz.run_workflow"
+SUBMIT = "hatz.submit"
+POLL = "hatz.poll"
+DELIVER_CALLBACK = "hatz.deliver_callback"
+SWEEP = "hatz.sweep"
+RUN_BATCH = "hatz.run_batch"
+
+QUEUE_DEFAULT = "hatz.default"
+QUEUE_SUBMIT = "hatz.submit"
+QUEUE_POLL = "hatz.poll"
+QUEUE_CALLBACK = "hatz.callback"
+ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_SUBMIT, QUEUE_POLL, QUEUE_CALLBACK)
+
+#: Which queue each task runs on: polls never wait behind uploads or slow receivers.
+ROUTES = {
+    RUN_WORKFLOW: QUEUE_SUBMIT,
+    SUBMIT: QUEUE_SUBMIT,
+    POLL: QUEUE_POLL,
+    DELIVER_CALLBACK: QUEUE_CALLBACK,
+    SWEEP: QUEUE_DEFAULT,
+    RUN_BATCH: QUEUE_DEFAULT,
+}

@@ -42,7 +42,7 @@ def make_settings(**overrides: Any) -> Settings:
         "callback_retry_delays": "0,0.05,0.1",
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

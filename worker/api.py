@@ -105,6 +105,7 @@ def enqueue_run(
     is_draft_app: bool = False,
     idempotency_key: str | None = None,
     events: Iterable[str] | None = None,
+    timeout: float | None = None,
     context: Context | None = None,
     celery: Celery | None = None,
 ) -> str:
@@ -114,6 +115,7 @@ def enqueue_run(
     it is uploaded and replaced by its ``file_uuid``. With ``idempotency_key``,
     the same key and parameters return the same run (no second paid run); the
     same key with other parameters raises :class:`IdempotencyConflictError`.
+    ``timeout`` (seconds) overrides ``HATZ_RUN_TIMEOUT`` for this run.
     Bad input raises :class:`InvalidRunError` listing every problem; nothing is
     enqueued then.
     """
@@ -127,6 +129,8 @@ def enqueue_run(
             check_callback_url(callback_url, ctx.settings)
         except InvalidRunError as exc:
             problems += exc.problems
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        problems.append("timeout must be a positive number of seconds")
     if problems:
         raise InvalidRunError(problems)
     params = {
@@ -137,6 +141,7 @@ def enqueue_run(
         "metadata": dict(metadata or {}),
         "is_draft_app": bool(is_draft_app),
         "events": event_list,
+        "run_timeout": timeout,
     }
     run_id, created = ctx.ledger.create(
         params,

@@ -79,7 +79,9 @@ _JSON_FIELDS = frozenset(
         "callback_attempts",
     }
 )
-_FLOAT_FIELDS = frozenset({"next_at", "updated_at", "created_at", "lease_until"})
+_FLOAT_FIELDS = frozenset(
+    {"next_at", "updated_at", "created_at", "run_timeout", "poll_interval", "last_poll_lateness"}
+)
 _INT_FIELDS = frozenset(
     {
         "token",

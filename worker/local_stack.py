@@ -263,3 +263,75 @@ class CeleryProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class CallbackReceiver:
+    """A loopback HTTP server that records every callback it receives.
+
+    ``responses`` is a queue of status codes to answer with, in order (then
+    200); tests use it to make the receiver fail a few times first.
+    """
+
+    def __init__(self, *, port: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.deliveries: list[dict[str, object]] = []
+        self.responses: list[int] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with receiver._lock:
+                    status = receiver.responses.pop(0) if receiver.responses else 200
+                    receiver.deliveries.append(
+                        {
+                            "at": time.time(),
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                            "status": status,
+                        }
+                    )
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The receiver's URL."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+
+    def successful(self) -> list[dict[str, object]]:
+        """Deliveries answered with 2xx."""
+        with self._lock:
+            return [d for d in self.deliveries if 200 <= int(str(d["status"])) < 300]
+
+    def start(self) -> CallbackReceiver:
+        """Serve in a background thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> CallbackReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -402,13 +402,14 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
     if due:
         base["last_poll_lateness"] = round(max(0.0, now - float(due)), 4)
     submitted_at = float(run.get("submitted_at") or run["created_at"])
-    if now - submitted_at > ctx.settings.run_timeout:
+    limit = float(run.get("run_timeout") or ctx.settings.run_timeout)
+    if now - submitted_at > limit:
         return finish(
             ctx,
             run_id,
             token,
             RunState.TIMED_OUT,
-            error=f"no result after {ctx.settings.run_timeout:.0f} s",
+            error=f"no result after {limit:g} s",
             fields=base,
         )
     try:

@@ -1,0 +1,439 @@
+"""Pipeline functions called directly: fakeredis ledger, a scripted Hatz client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import fakeredis
+import pytest
+
+from tests.conftest import make_settings
+from worker import task_names
+from worker.context import Context
+from worker.errors import (
+    HatzConnectError,
+    HatzCreditOverageError,
+    HatzNotFoundError,
+    HatzServerError,
+    HatzTimeoutError,
+    HatzTransportError,
+    HatzValidationError,
+)
+from worker.hatz_types import App, Job, PresignedURL, SubmittedJob, UploadedFile, UserInput
+from worker.ledger import RunState
+from worker.pipeline import Next, cancel, poll_step, submit_step, validate_inputs
+from worker.sweeper import sweep
+
+OVERAGE = "Workflows have been rate limited for your organization due to a credit overage."
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StubClient:
+    """Answers each method from a queue of results or exceptions; records calls."""
+
+    def __init__(self) -> None:
+        self.app = App(
+            id="app",
+            user_inputs=[
+                UserInput(variable_name="topic", required=True),
+                UserInput(variable_name="doc", variable_type="file_upload"),
+            ],
+        )
+        self.runs: list[Any] = []
+        self.jobs: list[Any] = []
+        self.presigned: list[Any] = []
+        self.calls: list[str] = []
+
+    def _next(self, queue: list[Any], default: Any) -> Any:
+        answer = queue.pop(0) if queue else default
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def get_app(self, app_id: str) -> App:
+        self.calls.append("get_app")
+        if app_id != "app":
+            raise HatzNotFoundError(404, "App not found")
+        return self.app
+
+    def upload_file(self, path: str, **_: Any) -> UploadedFile:
+        self.calls.append("upload")
+        with open(path, "rb"):
+            pass
+        return UploadedFile(file_uuid="8fb5bc1d-5a8d-4015-86a6-b0ca394e7793")
+
+    def run_workflow(self, app_id: str, inputs: dict[str, Any], **_: Any) -> SubmittedJob:
+        self.calls.append("run")
+        return self._next(self.runs, SubmittedJob(job_id="job-1"))  # type: ignore[no-any-return]
+
+    def get_job(self, job_id: str) -> Job:
+        self.calls.append("get_job")
+        return self._next(self.jobs, job("running"))  # type: ignore[no-any-return]
+
+    def presigned_url(self, job_id: str, step_id: str, **_: Any) -> PresignedURL:
+        self.calls.append("presign")
+        return self._next(
+            self.presigned, PresignedURL(url=f"http://s3/{step_id}?sig=1", expires_in=60)
+        )  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        pass
+
+
+def job(status: str, steps: list[dict[str, Any]] | None = None) -> Job:
+    return Job.model_validate(
+        {"job_id": "job-1", "status": status, "number_of_steps": 2, "step_outputs": steps or []}
+    )
+
+
+Harness = tuple[Context, StubClient, Clock]
+
+
+@pytest.fixture
+def harness(fake_redis: fakeredis.FakeRedis) -> Callable[..., Harness]:
+    def build(**overrides: Any) -> Harness:
+        clock = Clock()
+        client = StubClient()
+        settings = make_settings(
+            **{"poll_interval": 5.0, "poll_max_interval": 40.0, "poll_backoff": 2.0, **overrides}
+        )
+        ctx = Context.from_settings(
+            settings,
+            redis_client=fake_redis,
+            client=client,  # type: ignore[arg-type]
+            clock=clock,
+        )
+        return ctx, client, clock
+
+    return build
+
+
+def new_run(ctx: Context, **fields: Any) -> str:
+    params = {"app_id": "app", "inputs": {"topic": "t"}, **fields}
+    run_id, _ = ctx.ledger.create(params)
+    return run_id
+
+
+def submitted(ctx: Context, **fields: Any) -> tuple[str, int]:
+    run_id = new_run(ctx, **fields)
+    (step,) = submit_step(ctx, run_id, 0)
+    assert step.task == task_names.POLL
+    return run_id, int(step.args[1])
+
+
+def test_submit_stores_job_id_and_schedules_the_first_poll(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(poll_initial_delay=2.0, poll_jitter=0.0)
+    run_id = new_run(ctx)
+
+    steps = submit_step(ctx, run_id, 0)
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.SUBMITTED
+    assert run["job_id"] == "job-1"
+    assert steps == [Next(task_names.POLL, (run_id, run.token), 2.0)]
+    assert client.calls == ["get_app", "run"]
+
+
+def test_a_duplicate_submit_message_is_a_no_op(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness()
+    run_id = new_run(ctx)
+    submit_step(ctx, run_id, 0)
+
+    assert submit_step(ctx, run_id, 0) == []
+    assert client.calls.count("run") == 1
+
+
+def test_files_are_uploaded_and_replaced_by_their_uuid(
+    harness: Callable[..., Harness], tmp_path: Any
+) -> None:
+    ctx, client, _ = harness()
+    f = tmp_path / "d.pdf"
+    f.write_bytes(b"%PDF")
+    run_id = new_run(ctx, files={"doc": str(f)})
+
+    submit_step(ctx, run_id, 0)
+
+    run = ctx.ledger.require(run_id)
+    assert run["inputs"]["doc"] == "8fb5bc1d-5a8d-4015-86a6-b0ca394e7793"
+    assert client.calls == ["get_app", "upload", "run"]
+    assert [s for s, _ in run.history()] == ["QUEUED", "UPLOADING", "SUBMITTING", "SUBMITTED"]
+
+
+def test_a_file_that_vanished_before_upload_rejects_the_run(
+    harness: Callable[..., Harness], tmp_path: Any
+) -> None:
+    ctx, client, _ = harness()
+    run_id = new_run(ctx, files={"doc": str(tmp_path / "gone.pdf")})
+
+    submit_step(ctx, run_id, 0)
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.REJECTED
+    assert "cannot read file for input 'doc'" in run["error"]
+    assert "run" not in client.calls
+
+
+def test_validation_lists_every_problem() -> None:
+    app = App(
+        user_inputs=[
+            UserInput(variable_name="topic", required=True),
+            UserInput(variable_name="doc", variable_type="file_upload"),
+        ]
+    )
+
+    problems = validate_inputs(app, {"doc": "not a uuid", "extra": 1}, {"topic": "/tmp/x"})
+
+    assert problems == [
+        "unknown input 'extra' (the app's inputs: doc, topic)",
+        "input 'doc' is a file_upload input: pass a file, not a value",
+        "input 'topic' is not a file_upload input (short_answer)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        HatzConnectError("refused"),
+        HatzServerError(503, "unavailable"),
+        HatzCreditOverageError(429, OVERAGE),
+    ],
+)
+def test_submit_failures_that_created_no_job_are_retried_later(
+    harness: Callable[..., Harness], failure: Exception
+) -> None:
+    ctx, client, _ = harness()
+    client.runs = [failure]
+    run_id = new_run(ctx)
+
+    (retry,) = submit_step(ctx, run_id, 0)
+    run = ctx.ledger.require(run_id)
+
+    assert retry.task == task_names.SUBMIT
+    assert retry.countdown > 0
+    assert run.state is RunState.SUBMITTING
+    assert not run["submit_inflight"]
+    (poll,) = submit_step(ctx, run_id, int(retry.args[1]))
+    assert poll.task == task_names.POLL
+    assert client.calls.count("run") == 2
+
+
+def test_credit_overage_waits_the_overage_pause(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(overage_pause=30.0, poll_jitter=0.0)
+    client.runs = [HatzCreditOverageError(429, OVERAGE)]
+
+    (retry,) = submit_step(ctx, new_run(ctx), 0)
+
+    assert retry.countdown == 30.0
+
+
+@pytest.mark.parametrize("failure", [HatzTimeoutError("slow"), HatzTransportError("reset")])
+def test_a_lost_submit_answer_is_ambiguous_and_never_resent(
+    harness: Callable[..., Harness], failure: Exception
+) -> None:
+    ctx, client, _ = harness()
+    client.runs = [failure]
+    run_id = new_run(ctx)
+
+    assert submit_step(ctx, run_id, 0) == []
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.AMBIGUOUS
+    assert "not re-sent" in run["error"]
+    assert client.calls.count("run") == 1
+
+
+def test_a_submit_refused_by_the_api_is_rejected(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness()
+    client.runs = [HatzValidationError(400, "file not found")]
+    run_id = new_run(ctx)
+
+    submit_step(ctx, run_id, 0)
+
+    assert ctx.ledger.require(run_id).state is RunState.REJECTED
+
+
+def test_poll_reschedules_with_backoff_until_complete(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(poll_jitter=0.0)
+    run_id, token = submitted(ctx)
+    client.jobs = [job("running"), job("running"), job("running")]
+    countdowns = []
+    for _ in range(3):
+        (step,) = poll_step(ctx, run_id, token)
+        token = int(step.args[1])
+        countdowns.append(step.countdown)
+
+    # first poll sees a change (pending -> running): base interval; then it doubles
+    assert countdowns == [5.0, 10.0, 20.0]
+    assert ctx.ledger.require(run_id).state is RunState.RUNNING
+
+
+def test_poll_interval_is_capped(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(poll_jitter=0.0)
+    run_id, token = submitted(ctx)
+    client.jobs = [job("running")] * 8
+    for _ in range(8):
+        (step,) = poll_step(ctx, run_id, token)
+        token = int(step.args[1])
+
+    assert step.countdown == 40.0
+
+
+def test_a_stale_or_duplicate_poll_exits_without_rescheduling(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, _ = harness()
+    run_id, token = submitted(ctx)
+
+    first = poll_step(ctx, run_id, token)
+    duplicate = poll_step(ctx, run_id, token)
+
+    assert len(first) == 1
+    assert duplicate == []
+    assert client.calls.count("get_job") == 1
+
+
+def test_complete_job_collects_documents_and_skips_non_documents(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, clock = harness()
+    run_id, token = submitted(ctx, callback_url="http://cb.test/x")
+    client.jobs = [
+        job(
+            "complete",
+            [
+                {"step_id": "s1", "status": "complete", "output_type": "dump", "output_data": "hi"},
+                {"step_id": "s2", "status": "complete", "output_type": "document"},
+                {"step_id": "s3", "status": "complete", "output_type": "document"},
+            ],
+        )
+    ]
+    client.presigned = [
+        PresignedURL(url="http://s3/s2?sig=1", expires_in=60),
+        HatzValidationError(400, "Step output is not a document"),
+    ]
+
+    steps = poll_step(ctx, run_id, token)
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.COMPLETED
+    assert run["documents"] == {"s2": {"url": "http://s3/s2?sig=1", "expires_at": clock.now + 60}}
+    assert [s["step_id"] for s in run["step_outputs"]] == ["s1", "s2", "s3"]
+    assert steps == [Next(task_names.DELIVER_CALLBACK, (run_id, 0))]
+
+
+def test_failed_job_fails_the_run_with_the_failing_step(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness()
+    run_id, token = submitted(ctx)
+    client.jobs = [
+        job("failed", [{"step_id": "s1", "status": "failed", "output_data": "model overloaded"}])
+    ]
+
+    assert poll_step(ctx, run_id, token) == []
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.FAILED
+    assert run["error"] == "step s1 failed: model overloaded"
+
+
+def test_transient_poll_errors_keep_polling(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness()
+    run_id, token = submitted(ctx)
+    client.jobs = [HatzServerError(502, "bad gateway"), HatzTimeoutError("slow"), job("complete")]
+    for _ in range(2):
+        (step,) = poll_step(ctx, run_id, token)
+        token = int(step.args[1])
+    poll_step(ctx, run_id, token)
+
+    assert ctx.ledger.require(run_id).state is RunState.COMPLETED
+
+
+def test_job_not_found_fails_only_after_the_limit(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(not_found_limit=3)
+    run_id, token = submitted(ctx)
+    client.jobs = [HatzNotFoundError(404, "Job not found")] * 3
+    for _ in range(2):
+        (step,) = poll_step(ctx, run_id, token)
+        token = int(step.args[1])
+        assert ctx.ledger.require(run_id).state is RunState.SUBMITTED
+
+    poll_step(ctx, run_id, token)
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.FAILED
+    assert run["error"] == "Job not found"
+
+
+def test_run_times_out_after_the_run_timeout(harness: Callable[..., Harness]) -> None:
+    ctx, _, clock = harness(run_timeout=100.0)
+    run_id, token = submitted(ctx)
+    clock.now += 101
+
+    assert poll_step(ctx, run_id, token) == []
+    assert ctx.ledger.require(run_id).state is RunState.TIMED_OUT
+
+
+def test_canceled_run_ignores_late_polls(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness()
+    run_id, token = submitted(ctx)
+
+    assert cancel(ctx, run_id)
+    assert poll_step(ctx, run_id, token) == []
+    assert client.calls.count("get_job") == 0
+    assert not cancel(ctx, run_id)
+
+
+def test_sweeper_rearms_a_run_whose_poll_was_lost(harness: Callable[..., Harness]) -> None:
+    ctx, _client, clock = harness(sweep_grace=30.0)
+    run_id, lost_token = submitted(ctx)
+    clock.now += 1000  # the countdown task never arrived
+
+    report = sweep(ctx)
+
+    (step,) = report.steps
+    assert report.rearmed == [run_id]
+    assert step.task == task_names.POLL
+    assert poll_step(ctx, run_id, lost_token) == []  # the lost one, if it surfaces, is stale
+    assert len(poll_step(ctx, run_id, int(step.args[1]))) == 1
+
+
+def test_sweeper_marks_a_run_lost_mid_submit_ambiguous(harness: Callable[..., Harness]) -> None:
+    ctx, _, clock = harness(sweep_grace=30.0)
+    run_id = new_run(ctx)
+    claimed = ctx.ledger.claim(run_id, 0, [RunState.QUEUED], lease=60)
+    assert claimed is not None
+    ctx.ledger.cas(
+        run_id,
+        states=None,
+        token=claimed.token,
+        to=RunState.SUBMITTING,
+        fields={"submit_inflight": True},
+    )
+    clock.now += 1000  # the worker died while sending
+
+    report = sweep(ctx)
+
+    assert report.ambiguous == [run_id]
+    assert ctx.ledger.require(run_id).state is RunState.AMBIGUOUS
+
+
+def test_sweeper_leaves_healthy_runs_alone(harness: Callable[..., Harness]) -> None:
+    ctx, _, clock = harness(sweep_grace=30.0, poll_jitter=0.0)
+    submitted(ctx)
+    clock.now += 10
+
+    assert sweep(ctx).rearmed == []
+
+
+def test_only_one_sweeper_runs_at_a_time(harness: Callable[..., Harness]) -> None:
+    ctx, _, _ = harness()
+
+    assert sweep(ctx).ran
+    assert not sweep(ctx).ran

@@ -80,9 +80,8 @@ class StubClient:
 
     def presigned_url(self, job_id: str, step_id: str, **_: Any) -> PresignedURL:
         self.calls.append("presign")
-        return self._next(
-            self.presigned, PresignedURL(url=f"http://s3/{step_id}?sig=1", expires_in=60)
-        )  # type: ignore[no-any-return]
+        default = PresignedURL(url=f"http://s3/{step_id}?sig=1", expires_in=60)
+        return self._next(self.presigned, default)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         pass

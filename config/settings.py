@@ -116,8 +116,11 @@ class Settings(BaseSettings):
         default=3600, gt=0, le=7 * 86400, description="Presigned URL lifetime, s."
     )
     document_output_types: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["document", "file", "pdf", "docx", "xlsx", "pptx", "csv"],
-        description="Step output_type values that carry a document (comma-separated).",
+        default_factory=lambda: ["*"],
+        description=(
+            "Step output_type values that may carry a document, comma-separated; "
+            "'*' = every type except dump/text. A 4xx from presigned-url means no document."
+        ),
     )
 
     # --- Callbacks ------------------------------------------------------------
@@ -130,7 +133,7 @@ class Settings(BaseSettings):
     callback_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts/CIDRs allowed despite the SSRF guard."
     )
-    callback_connect_timeout: float = Field(default=5.0, gt=0)
+    callback_connect_timeout: float = Field(default=5.0, gt=0, description="Connect timeout, s.")
     callback_timeout: float = Field(default=15.0, gt=0, description="Total callback timeout, s.")
     callback_retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_CALLBACK_RETRY_DELAYS),
@@ -147,7 +150,7 @@ class Settings(BaseSettings):
 
     # --- Worker ---------------------------------------------------------------
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("document_output_types", "callback_allow_hosts", mode="before")
     @classmethod
@@ -216,6 +219,14 @@ class Settings(BaseSettings):
             self.overage_pause,
             self.http_retry_max_delay,
         ) * (1 + self.poll_jitter)
+
+    def max_countdown(self) -> float:
+        """The longest delay handed to Celery as a countdown: half the visibility timeout.
+
+        Longer delays (late callback retries) wait in the ledger's schedule
+        instead, and the sweeper publishes them when due.
+        """
+        return self.visibility_timeout / 2
 
     def webhook_secrets(self) -> list[str]:
         """The active signing secrets, newest first (several during a rotation)."""

@@ -154,12 +154,16 @@ def deliver_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         if hinted is not None:
             delay = max(delay, hinted)
         fields["callback_state"] = "retrying"
+        # Long waits (hours) are not held by a worker as countdowns: they would
+        # outlive the visibility timeout. The ledger's schedule keeps them and
+        # the sweeper publishes the retry when it is due.
+        held = delay <= s.max_countdown()
         ok = ctx.ledger.cas(
             run_id,
             states=TERMINAL_STATES,
             token=token,
             token_field="callback_token",
-            next_at=ctx.clock() + delay + lease,
+            next_at=ctx.clock() + delay + (lease if held else 0.0),
             fields=fields,
         )
         log.warning(
@@ -169,7 +173,7 @@ def deliver_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             status or error,
             delay,
         )
-        return [Next(task_names.DELIVER_CALLBACK, (run_id, token), delay)] if ok else []
+        return [Next(task_names.DELIVER_CALLBACK, (run_id, token), delay)] if ok and held else []
 
     fields["callback_state"] = "failed"
     reason = f"HTTP {status}" if status is not None else error

@@ -1,0 +1,281 @@
+"""The run pipeline end to end: a private redis-server, a real `celery worker`
+subprocess and the fake Hatz server over real HTTP. Counts come from the fake's
+call log and the callback receiver, not from our own ledger."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import standardwebhooks
+from celery import Celery
+
+from config import Settings
+from tests.conftest import API_KEY, make_settings
+from worker import task_names
+from worker.api import enqueue_run, wait_for_run
+from worker.celery_app import create_app, publish
+from worker.context import Context
+from worker.fake_hatz import FakeApp, FakeHatz, FakeInput, FakeStep, FaultConfig
+from worker.ledger import Run, RunState
+from worker.local_stack import CallbackReceiver, CeleryProcess, LocalRedis, wait_until
+from worker.pipeline import Next
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+POLL = 0.3
+WORKER_SETTINGS: dict[str, Any] = {
+    "poll_initial_delay": POLL,
+    "poll_interval": POLL,
+    "poll_max_interval": 1.0,
+    "poll_backoff": 1.0,
+    "poll_jitter": 0.1,
+    "overage_pause": 0.5,
+    "not_found_limit": 3,
+    "http_read_timeout": 2.0,
+    "http_retries": 1,
+    "http_retry_base_delay": 0.05,
+    "http_retry_max_delay": 0.2,
+    "app_cache_ttl": 0,
+    "webhook_secret": SECRET,
+    "callback_allow_private": True,
+    "callback_retry_delays": "0,0.2,0.5",
+}
+
+
+class Stack:
+    def __init__(self, redis: LocalRedis, fake: FakeHatz, receiver: CallbackReceiver) -> None:
+        self.redis = redis
+        self.fake = fake
+        self.receiver = receiver
+        values = {**WORKER_SETTINGS, "redis_url": redis.url, "base_url": fake.url}
+        self.settings: Settings = make_settings(**values)
+        self.worker = CeleryProcess(
+            {**values, "api_key": API_KEY},
+            args=[
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+        self.context = Context.from_settings(self.settings)
+        self.celery: Celery = create_app(self.settings)
+
+    def app(self, **kwargs: Any) -> FakeApp:
+        kwargs.setdefault("id", str(uuid.uuid4()))
+        kwargs.setdefault("name", "test app")
+        kwargs.setdefault("duration", 0.6)
+        kwargs.setdefault("pending_seconds", 0.1)
+        return self.fake.add_app(FakeApp(**kwargs))
+
+    def enqueue(self, app_id: str, inputs: dict[str, Any] | None = None, **kw: Any) -> str:
+        return enqueue_run(app_id, inputs or {}, context=self.context, celery=self.celery, **kw)
+
+    def wait(self, run_id: str, timeout: float = 30) -> Run:
+        return wait_for_run(run_id, timeout=timeout, interval=0.05, context=self.context)
+
+    def calls(self, endpoint: str, app_id: str | None = None) -> list[dict[str, Any]]:
+        calls = self.fake.calls(endpoint=endpoint)
+        return [c for c in calls if app_id is None or c.get("app_id") == app_id]
+
+    def deliveries_for(self, run_id: str) -> list[dict[str, Any]]:
+        return [
+            d
+            for d in self.receiver.successful()
+            if json.loads(d["body"])["data"]["run_id"] == run_id  # type: ignore[arg-type]
+        ]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with (
+        LocalRedis() as redis,
+        FakeHatz(api_key=API_KEY, port=0) as fake,
+        CallbackReceiver() as receiver,
+    ):
+        s = Stack(redis, fake, receiver)
+        s.worker.start()
+        try:
+            s.worker.wait_ready()
+            yield s
+        finally:
+            code = s.worker.stop()
+            print(s.worker.log_text()[-4000:])
+            s.context.client.close()
+            assert code == 0, "the worker did not shut down cleanly"
+
+
+def test_file_upload_run_completes_with_documents_and_one_signed_callback(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # Given a workflow with a file input and a document step
+    app = stack.app(
+        user_inputs=[
+            FakeInput("report", variable_type="file_upload", required=True),
+            FakeInput("style"),
+        ],
+        steps=[FakeStep(output_type="dump"), FakeStep(output_type="document")],
+    )
+    report = tmp_path / "report.csv"
+    report.write_text("region,sales\nnorth,10\n")
+
+    # When a run is enqueued with a local file and a callback
+    run_id = stack.enqueue(
+        app.id,
+        {"style": "short"},
+        files={"report": str(report)},
+        callback_url=stack.receiver.url,
+        metadata={"order": 7},
+    )
+    run = stack.wait(run_id)
+
+    # Then it completed, its document downloads, and exactly one verified callback arrived
+    assert run.state is RunState.COMPLETED, run.get("error")
+    assert len(run["documents"]) == 1
+    document = next(iter(run["documents"].values()))
+    assert requests.get(document["url"], timeout=5).status_code == 200
+    assert len([c for c in stack.calls("upload") if c["status"] == 200]) >= 1
+    assert len([c for c in stack.calls("run", app.id) if c["status"] == 200]) == 1
+    wait_until(lambda: stack.deliveries_for(run_id), timeout=10, message="callback")
+    (delivery,) = stack.deliveries_for(run_id)
+    payload = standardwebhooks.Webhook(SECRET).verify(delivery["body"], delivery["headers"])
+    assert payload["type"] == "workflow_run.completed"
+    assert payload["data"]["metadata"] == {"order": 7}
+    submitted_inputs = stack.calls("run", app.id)[0]["inputs"]
+    assert submitted_inputs["report"] != str(report)  # replaced by a file_uuid
+
+
+def test_failed_job_fails_the_run_with_the_step_error(stack: Stack) -> None:
+    app = stack.app(steps=[FakeStep(), FakeStep()], fail=True)
+
+    run = stack.wait(stack.enqueue(app.id, callback_url=stack.receiver.url))
+
+    assert run.state is RunState.FAILED
+    assert "failed" in run["error"]
+    wait_until(lambda: stack.deliveries_for(run.run_id), timeout=10, message="callback")
+    body = json.loads(stack.deliveries_for(run.run_id)[0]["body"])
+    assert body["type"] == "workflow_run.failed"
+
+
+def test_job_that_outlives_the_run_timeout_times_out(stack: Stack) -> None:
+    app = stack.app(duration=60)
+
+    run = stack.wait(stack.enqueue(app.id, timeout=1.0))
+
+    assert run.state is RunState.TIMED_OUT
+
+
+def test_job_not_found_repeatedly_fails_the_run_with_that_reason(stack: Stack) -> None:
+    app = stack.app(duration=60)
+    run_id = stack.enqueue(app.id)
+    job_id = wait_until(
+        lambda: stack.context.ledger.require(run_id).get("job_id") or None,
+        timeout=10,
+        message="job id",
+    )
+
+    stack.fake.lose_job(str(job_id))
+    run = stack.wait(run_id)
+
+    assert run.state is RunState.FAILED
+    assert run["error"] == "Job not found"
+    assert (
+        len([c for c in stack.calls("status") if c.get("job_id") == job_id and c["status"] == 404])
+        == 3
+    )
+
+
+def test_credit_overage_pauses_submits_and_resumes_without_losing_the_run(stack: Stack) -> None:
+    app = stack.app()
+    stack.fake.set_overage(True)
+    try:
+        run_id = stack.enqueue(app.id)
+        wait_until(
+            lambda: len([c for c in stack.calls("run", app.id) if c["status"] == 429]) >= 2,
+            timeout=15,
+            message="two refused submits",
+        )
+        assert "credit overage" in stack.context.ledger.require(run_id)["last_error"]
+    finally:
+        stack.fake.set_overage(False)
+
+    run = stack.wait(run_id)
+
+    assert run.state is RunState.COMPLETED
+    assert len([c for c in stack.calls("run", app.id) if c["status"] == 200]) == 1
+
+
+def test_transient_5xx_while_polling_do_not_fail_the_run(stack: Stack) -> None:
+    app = stack.app(duration=1.5, faults=FaultConfig(error_rate=0.5, endpoints={"status"}))
+
+    run = stack.wait(stack.enqueue(app.id))
+
+    assert run.state is RunState.COMPLETED
+    statuses = [c["status"] for c in stack.calls("status", app.id)]
+    assert any(s >= 500 for s in statuses), statuses
+
+
+def test_bad_inputs_are_rejected_without_any_submit(stack: Stack) -> None:
+    app = stack.app(user_inputs=[FakeInput("topic", required=True)])
+
+    run = stack.wait(stack.enqueue(app.id, {"colour": "blue"}, callback_url=stack.receiver.url))
+
+    assert run.state is RunState.REJECTED
+    assert "missing required input 'topic'" in run["error"]
+    assert "unknown input 'colour'" in run["error"]
+    assert stack.calls("run", app.id) == []
+
+
+def test_unknown_app_is_rejected_without_any_submit(stack: Stack) -> None:
+    missing = str(uuid.uuid4())
+
+    run = stack.wait(stack.enqueue(missing, {"x": 1}))
+
+    assert run.state is RunState.REJECTED
+    assert run["error"] == "unknown app_id"
+    assert stack.calls("run", missing) == []
+
+
+def test_duplicate_task_delivery_still_submits_once_and_calls_back_once(stack: Stack) -> None:
+    app = stack.app(duration=1.0)
+    run_id = stack.enqueue(app.id, callback_url=stack.receiver.url)
+
+    # The same submit message delivered three more times, and polls duplicated too.
+    publish([Next(task_names.SUBMIT, (run_id, 0))] * 3, stack.celery)
+    wait_until(
+        lambda: stack.context.ledger.require(run_id).state is RunState.RUNNING,
+        timeout=10,
+        message="running",
+    )
+    token = stack.context.ledger.require(run_id).token
+    publish([Next(task_names.POLL, (run_id, token))] * 3, stack.celery)
+    run = stack.wait(run_id)
+
+    assert run.state is RunState.COMPLETED
+    assert len([c for c in stack.calls("run", app.id) if c["status"] == 200]) == 1
+    wait_until(lambda: stack.deliveries_for(run_id), timeout=10, message="callback")
+    assert len(stack.deliveries_for(run_id)) == 1
+
+
+def test_polls_are_spaced_by_the_configured_countdown(stack: Stack) -> None:
+    app = stack.app(duration=3.0)
+
+    run = stack.wait(stack.enqueue(app.id))
+
+    times = sorted(c["ts"] for c in stack.calls("status", app.id))
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert run.state is RunState.COMPLETED
+    assert len(gaps) >= 5
+    # countdown = POLL ± 10% jitter; allow scheduling slack above, none below.
+    assert min(gaps) >= POLL * 0.9 - 0.02, gaps
+    assert sorted(gaps)[len(gaps) // 2] <= POLL * 1.1 + 0.25, gaps

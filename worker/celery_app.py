@@ -17,7 +17,7 @@ from kombu.entity import Queue
 from config import ConfigError, Settings, load_settings
 from worker import task_names
 
-TASK_MODULES = ["tasks.runs", "tasks.callbacks", "tasks.maintenance"]
+TASK_MODULES = ["tasks.runs", "tasks.callbacks", "tasks.maintenance", "tasks.batches"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -43,7 +43,11 @@ from worker.ledger import PRE_SUBMIT_STATES, Run, RunState
 
 PROG = "hatz-worker"
 #: Modules imported when the parser is built, so they can register more command groups.
-EXTRA_COMMAND_MODULES: tuple[str, ...] = ()
+EXTRA_COMMAND_MODULES: tuple[str, ...] = (
+    "worker.cli_callbacks",
+    "worker.cli_batches",
+    "worker.cli_ops",
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -1,0 +1,1 @@
+"""Batch tasks (``hatz.run_batch`` and friends)."""

@@ -1,1 +1,4 @@
-"""``hatz-worker`` commands for ops (registered by :data:`worker.cli.EXTRA_COMMAND_MODULES`)."""
+"""``hatz-worker`` commands for ops.
+
+Registered through :data:`worker.cli.EXTRA_COMMAND_MODULES`.
+"""

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Stop retrying a submit (credit overage, 5xx) after this long, s.",
     )
+    submit_retry_5xx: bool = Field(
+        default=True,
+        description=(
+            "Retry a submit the API answered 5xx (assumes no job was created); "
+            "false marks such runs AMBIGUOUS instead."
+        ),
+    )
     overage_pause: float = Field(
         default=60.0, gt=0, description="Pause after a 429 credit overage before retrying, s."
     )

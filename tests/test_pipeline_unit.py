@@ -249,6 +249,19 @@ def test_a_lost_submit_answer_is_ambiguous_and_never_resent(
     assert client.calls.count("run") == 1
 
 
+def test_a_5xx_submit_is_ambiguous_when_5xx_retries_are_off(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, _ = harness(submit_retry_5xx=False)
+    client.runs = [HatzServerError(502, "bad gateway")]
+    run_id = new_run(ctx)
+
+    assert submit_step(ctx, run_id, 0) == []
+
+    assert ctx.ledger.require(run_id).state is RunState.AMBIGUOUS
+    assert client.calls.count("run") == 1
+
+
 def test_a_submit_refused_by_the_api_is_rejected(harness: Callable[..., Harness]) -> None:
     ctx, client, _ = harness()
     client.runs = [HatzValidationError(400, "file not found")]

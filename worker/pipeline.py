@@ -6,8 +6,9 @@ returns the follow-up tasks to publish as :class:`Next` values. The Celery
 tasks in ``tasks/`` only publish them, so tests call these functions directly.
 
 Submit rule (the API has no idempotency key): ``POST /workflows/run`` is sent
-at most once per run unless the previous attempt provably did not create a
-job: the connection never opened, or the API answered 429 or 5xx. An attempt
+at most once per run unless the previous attempt did not create a job: the
+connection never opened, the API answered 429, or (``HATZ_SUBMIT_RETRY_5XX``,
+default on) 5xx. An attempt
 whose answer was lost (read timeout, reset connection, unreadable 2xx body) or
 a worker that died mid-send leaves the run AMBIGUOUS: it is never re-sent
 automatically.
@@ -268,7 +269,17 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         job = ctx.client.run_workflow(
             run["app_id"], inputs, is_draft_app=bool(run.get("is_draft_app"))
         )
-    except (HatzConnectError, HatzRateLimitError, HatzCreditOverageError, HatzServerError) as exc:
+    except HatzServerError as exc:
+        if not ctx.settings.submit_retry_5xx:
+            return finish(
+                ctx,
+                run_id,
+                token,
+                RunState.AMBIGUOUS,
+                error=f"submit answered {exc.status_code}; not re-sent (HATZ_SUBMIT_RETRY_5XX)",
+            )
+        return _reschedule_submit(ctx, run, token, exc)
+    except (HatzConnectError, HatzRateLimitError, HatzCreditOverageError) as exc:
         return _reschedule_submit(ctx, run, token, exc)
     except HatzAuthError as exc:
         return _reschedule_submit(ctx, run, token, exc)

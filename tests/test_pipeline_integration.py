@@ -279,3 +279,28 @@ def test_polls_are_spaced_by_the_configured_countdown(stack: Stack) -> None:
     # countdown = POLL ± 10% jitter; allow scheduling slack above, none below.
     assert min(gaps) >= POLL * 0.9 - 0.02, gaps
     assert sorted(gaps)[len(gaps) // 2] <= POLL * 1.1 + 0.25, gaps
+
+
+def test_another_app_can_enqueue_by_task_name_with_send_task(stack: Stack) -> None:
+    # Given an unrelated Celery app that knows only the broker URL and the task name
+    app = stack.app(user_inputs=[FakeInput("topic", required=True)])
+    other = Celery("someone-else", broker=stack.redis.url, backend=stack.redis.url)
+
+    # When it sends hatz.run_workflow by name
+    result = other.send_task(
+        "hatz.run_workflow",
+        kwargs={"app_id": app.id, "inputs": {"topic": "tides"}, "idempotency_key": "order-1"},
+        queue="hatz.submit",
+    )
+    run_id = result.get(timeout=20)
+    again = other.send_task(
+        "hatz.run_workflow",
+        kwargs={"app_id": app.id, "inputs": {"topic": "tides"}, "idempotency_key": "order-1"},
+        queue="hatz.submit",
+    ).get(timeout=20)
+
+    # Then it gets a run id back, the run completes, and the retried request paid once
+    assert stack.wait(run_id).state is RunState.COMPLETED
+    assert again == run_id
+    assert len([c for c in stack.calls("run", app.id) if c["status"] == 200]) == 1
+    other.close()

@@ -128,5 +128,6 @@ def cmd_metrics_server(args: argparse.Namespace, rt: Runtime) -> int:
         stop.wait()
     finally:
         server.shutdown()
+        server.server_close()
         client.close()
     return EXIT_OK

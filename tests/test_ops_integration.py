@@ -119,7 +119,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
             failing = _app(fake, [FakeStep(), FakeStep()], fail=True)
             report = tmp_path_factory.mktemp("ops") / "report.csv"
             report.write_text("a,b\n1,2\n")
-            requests_ = [
+            requests_: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
                 (docs.id, {}, {"files": {"report": str(report)}, "callback_url": receiver.url}),
                 (docs.id, {}, {"files": {"report": str(report)}}),
                 (plain.id, {}, {"callback_url": receiver.url}),

@@ -108,15 +108,15 @@ def check_timing(settings: Settings) -> list[Check]:
         return [
             _fail(
                 "visibility timeout",
-                f"HATZ_VISIBILITY_TIMEOUT {vt} s < 2 x the longest countdown ({longest:.0f} s): "
+                f"HATZ_VISIBILITY_TIMEOUT {vt} s < 2 x the longest countdown ({longest:g} s): "
                 "countdown tasks would be redelivered as duplicates",
             )
         ]
     return [
         _ok(
             "visibility timeout",
-            f"{vt} s >= 2 x the longest countdown ({longest:.0f} s); longer delays wait in the "
-            f"ledger (over {settings.max_countdown():.0f} s)",
+            f"{vt} s >= 2 x the longest countdown ({longest:g} s); longer delays wait in the "
+            f"ledger (over {settings.max_countdown():g} s)",
         )
     ]
 

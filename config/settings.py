@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         description="Redis URL: Celery broker, result backend and run ledger.",
     )
+    redis_sentinel_master: str = Field(
+        default="",
+        description="With a sentinel:// HATZ_REDIS_URL: the monitored master's name.",
+    )
     key_prefix: str = Field(default="hatz", description="Prefix of every ledger key.")
     visibility_timeout: int = Field(
         default=3600,
@@ -158,6 +162,9 @@ class Settings(BaseSettings):
     # --- Worker ---------------------------------------------------------------
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, description="Worker/beat heartbeat period (health probes), s."
+    )
 
     @field_validator("document_output_types", "callback_allow_hosts", mode="before")
     @classmethod
@@ -208,6 +215,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}POLL_MAX_INTERVAL ({self.poll_max_interval}) must be >= "
                 f"{ENV_PREFIX}POLL_INTERVAL ({self.poll_interval})"
+            )
+        if urlsplit(self.redis_url).scheme == "sentinel" and not self.redis_sentinel_master:
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_SENTINEL_MASTER is required with a sentinel:// "
+                f"{ENV_PREFIX}REDIS_URL (the name the sentinels monitor)"
             )
         if self.longest_countdown() * 2 > self.visibility_timeout:
             raise ValueError(

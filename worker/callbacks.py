@@ -129,6 +129,7 @@ def deliver_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         record["body"] = response.text[:_MAX_BODY_EXCERPT]
     else:
         record["error"] = error
+    ctx.metrics.callback_attempt(response.status_code if response is not None else None)
     attempts = [*(run.get("callback_attempts") or []), record][-_MAX_ATTEMPTS_KEPT:]
     fields: dict[str, Any] = {"callback_attempts": attempts, "callback_seq": event["sequence"]}
 

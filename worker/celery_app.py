@@ -15,7 +15,11 @@ from celery import Celery
 from kombu.entity import Queue
 
 from config import ConfigError, Settings, load_settings
-from worker import task_names
+from worker import logs, task_names
+from worker.health import WorkerHeartbeat
+
+# Imported for its Celery signal receivers (logging setup, per-task log context).
+_ = logs
 
 TASK_MODULES = ["tasks.runs", "tasks.callbacks", "tasks.maintenance", "tasks.batches"]
 
@@ -26,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # transport redelivers any message unacked for longer than
     # visibility_timeout. Settings refuse a visibility_timeout shorter than
     # twice the longest countdown, so a countdown is never redelivered as a duplicate.
-    transport = {
+    transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": 15,
         "socket_connect_timeout": 5,
@@ -34,6 +38,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 25,
         "retry_on_timeout": True,
     }
+    if settings.redis_sentinel_master:
+        # sentinel://h1:26379;sentinel://h2:26379 URLs: kombu's Sentinel transport and
+        # Celery's Sentinel result backend both take the master's name from here.
+        transport["master_name"] = settings.redis_sentinel_master
     routes = {name: {"queue": queue} for name, queue in task_names.ROUTES.items()}
     return {
         "broker_url": settings.redis_url,
@@ -62,6 +70,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "timezone": "UTC",
         "enable_utc": True,
+        # Celery's default scheduler plus a heartbeat for health probes (worker.health).
+        "beat_scheduler": "worker.health:HeartbeatScheduler",
         "beat_schedule": {
             "hatz-sweeper": {"task": task_names.SWEEP, "schedule": settings.sweep_interval},
         },
@@ -71,6 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app; configured from ``settings`` or, lazily, from the environment."""
     celery = Celery("hatz_worker", include=TASK_MODULES)
+    celery.steps["consumer"].add(WorkerHeartbeat)
     if settings is not None:
         celery.config_from_object(SimpleNamespace(**celery_config(settings)))
         return celery

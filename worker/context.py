@@ -11,26 +11,69 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis import Redis
+from redis.sentinel import Sentinel
 
 from config import Settings, load_settings
 from worker.hatz_client import HatzClient
 from worker.keys import Keys
 from worker.ledger import Ledger
+from worker.metrics import Metrics
+
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
+    "health_check_interval": 25,
+    "retry_on_timeout": True,
+}
 
 
 def redis_from_url(url: str) -> Redis:
     """A Redis client with timeouts, keepalive and health checks always on."""
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=25,
-        retry_on_timeout=True,
+    return Redis.from_url(url, **_CONNECTION_OPTIONS)
+
+
+def sentinel_addresses(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """``sentinel://[:pw@]h1:26379/0;sentinel://h2:26379/0`` -> (sentinels, db, password).
+
+    The same ``;``-separated form kombu's Sentinel transport and Celery's
+    Sentinel result backend accept; db and password (of the master) come from
+    the first address, as in kombu.
+    """
+    sentinels: list[tuple[str, int]] = []
+    db, password = 0, None
+    for i, chunk in enumerate(p for p in url.split(";") if p.strip()):
+        parts = urlsplit(chunk.strip())
+        sentinels.append((parts.hostname or "127.0.0.1", parts.port or 26379))
+        if i == 0:
+            path = parts.path.strip("/")
+            db = int(path) if path.isdigit() else 0
+            password = unquote(parts.password) if parts.password else None
+    return sentinels, db, password
+
+
+def redis_from_settings(settings: Settings) -> Redis:
+    """The ledger's Redis client: direct, or the current master found through Sentinel.
+
+    With ``sentinel://`` the client asks the sentinels for the master named
+    ``HATZ_REDIS_SENTINEL_MASTER`` and follows it across failovers, as the
+    broker (kombu) and result backend (Celery) do with the same URL.
+    """
+    if urlsplit(settings.redis_url).scheme != "sentinel":
+        return redis_from_url(settings.redis_url)
+    sentinels, db, password = sentinel_addresses(settings.redis_url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, db=db, password=password, **_CONNECTION_OPTIONS
     )
+    master: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master
+    )
+    return master
 
 
 @dataclass
@@ -53,10 +96,11 @@ class Context:
         clock: Callable[[], float] = time.time,
     ) -> Context:
         """Build a context; pass ``redis_client``/``client`` to inject fakes."""
-        r = redis_client if redis_client is not None else redis_from_url(settings.redis_url)
+        r = redis_client if redis_client is not None else redis_from_settings(settings)
+        keys = Keys(settings.key_prefix)
         ledger = Ledger(
             r,
-            keys=Keys(settings.key_prefix),
+            keys=keys,
             retention=settings.run_retention,
             idempotency_ttl=settings.idempotency_ttl,
             clock=clock,
@@ -64,7 +108,7 @@ class Context:
         return cls(
             settings=settings,
             redis=r,
-            client=client or HatzClient.from_settings(settings),
+            client=client or HatzClient.from_settings(settings, observer=Metrics(r, keys).api_call),
             ledger=ledger,
             clock=clock,
         )
@@ -73,6 +117,11 @@ class Context:
     def keys(self) -> Keys:
         """The Redis key builder."""
         return self.ledger.keys
+
+    @property
+    def metrics(self) -> Metrics:
+        """The shared Prometheus counters (see :mod:`worker.metrics`)."""
+        return Metrics(self.redis, self.keys)
 
 
 _lock = threading.Lock()

@@ -57,6 +57,7 @@ from worker.hatz_types import App, Job, PresignedURL, QueryResult, SubmittedJob,
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+Observer = Callable[[str, str, "int | None", "str | None", float], None]
 
 _CHUNK = 256 * 1024
 _MAX_DETAIL = 300
@@ -196,6 +197,7 @@ class HatzClient:
         retry_max_delay: float = 10.0,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        observer: Observer | None = None,
     ) -> None:
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self.base_url = base_url.rstrip("/")
@@ -204,15 +206,18 @@ class HatzClient:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self._sleep = sleep
+        #: Called once per HTTP attempt (metrics): method, path, status, error class, seconds.
+        self.observer = observer
         self._session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HatzClient:
+    def from_settings(cls, settings: Settings, *, observer: Observer | None = None) -> HatzClient:
         """A client configured from :class:`config.Settings`."""
         return cls(
+            observer=observer,
             api_key=settings.api_key,
             base_url=str(settings.base_url),
             connect_timeout=settings.http_connect_timeout,
@@ -274,7 +279,9 @@ class HatzClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            raise _transport_error(exc, method, path) from None
+            error = _transport_error(exc, method, path)
+            self._observe(method, path, None, error, started)
+            raise error from None
         log.debug(
             "hatz %s %s -> %s in %.0f ms",
             method,
@@ -283,8 +290,18 @@ class HatzClient:
             (time.monotonic() - started) * 1000,
         )
         if not 200 <= response.status_code < 300:
-            raise error_from_response(response, method, path)
+            api_error = error_from_response(response, method, path)
+            self._observe(method, path, response.status_code, api_error, started)
+            raise api_error
+        self._observe(method, path, response.status_code, None, started)
         return response
+
+    def _observe(
+        self, method: str, path: str, status: int | None, error: HatzError | None, started: float
+    ) -> None:
+        if self.observer is not None:
+            name = type(error).__name__ if error is not None else None
+            self.observer(method, path, status, name, time.monotonic() - started)
 
     def _request(
         self,

@@ -17,6 +17,7 @@ key                             type    what
 ``P:batch:<batch_id>:rows``     list    run ids of a batch, in row order
 ``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
 ``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
+``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.metrics``)
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -80,3 +81,12 @@ class Keys:
     def heartbeat(self, name: str) -> str:
         """A process heartbeat."""
         return f"{self.prefix}:heartbeat:{name}"
+
+    def heartbeat_pattern(self) -> str:
+        """A SCAN pattern matching every heartbeat key."""
+        return f"{self.prefix}:heartbeat:*"
+
+    @property
+    def metrics(self) -> str:
+        """Counters shared by every worker process, exported by ``worker.metrics``."""
+        return f"{self.prefix}:metrics"

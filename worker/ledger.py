@@ -96,7 +96,7 @@ _INT_FIELDS = frozenset(
 )
 _BOOL_FIELDS = frozenset({"is_draft_app", "submit_inflight"})
 
-# KEYS: run hash, schedule zset.
+# KEYS: run hash, schedule zset, metrics hash (counts state transitions).
 # ARGV: run_id, allowed (",A,B," or ""), token field, expected token ("" = any),
 #       new state ("" = keep), now, schedule ("" keep | "-" remove | score),
 #       expire seconds ("" none), bump token ("1"/"0"), return record ("1"/"0"),
@@ -116,6 +116,7 @@ if ARGV[9] == '1' then
 end
 if ARGV[5] ~= '' and ARGV[5] ~= state then
   redis.call('HSET', KEYS[1], 'state', ARGV[5], string.lower(ARGV[5]) .. '_at', ARGV[6])
+  redis.call('HINCRBY', KEYS[3], 'state|' .. ARGV[5], 1)
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
 if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
@@ -131,7 +132,7 @@ if ARGV[10] == '1' then return {1, token, state, redis.call('HGETALL', KEYS[1])}
 return {1, token, state}
 """
 
-# KEYS: run hash, runs zset, schedule zset, idempotency key ("" when none)
+# KEYS: run hash, runs zset, schedule zset, idempotency key ("" when none), metrics hash
 # ARGV: run_id, now, next_at, fingerprint, idem ttl, field, value, ...
 # Returns {1, run_id} or {0, existing_run_id, existing_fingerprint}.
 _CREATE = """
@@ -146,6 +147,7 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'state|QUEUED', 1)
 return {1, ARGV[1]}
 """
 
@@ -308,7 +310,13 @@ class Ledger:
             record["idempotency_key"] = idempotency_key
         idem_key = self.keys.idempotency(idempotency_key) if idempotency_key else ""
         result = self._create(
-            keys=[self.keys.run(run_id), self.keys.runs, self.keys.schedule, idem_key],
+            keys=[
+                self.keys.run(run_id),
+                self.keys.runs,
+                self.keys.schedule,
+                idem_key,
+                self.keys.metrics,
+            ],
             args=[
                 run_id,
                 now,
@@ -393,7 +401,7 @@ class Ledger:
         else:
             schedule = "" if next_at is None else repr(next_at)
         result = self._cas(
-            keys=[self.keys.run(run_id), self.keys.schedule],
+            keys=[self.keys.run(run_id), self.keys.schedule, self.keys.metrics],
             args=[
                 run_id,
                 _allowed(states),

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker import task_names
+from worker import log_context, task_names
 from worker.context import Context
 from worker.errors import (
     HatzAPIError,
@@ -315,6 +315,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         log.warning("run %s: job %s submitted after the run left SUBMITTING", run_id, job.job_id)
         ctx.ledger.cas(run_id, states=None, fields={"job_id": job.job_id})
         return []
+    log_context.bind(job_id=job.job_id)
     log.info("run %s submitted as job %s", run_id, job.job_id)
     return [Next(task_names.POLL, (run_id, token), first)]
 
@@ -412,6 +413,7 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
     due = run.get("due_at")
     if due:
         base["last_poll_lateness"] = round(max(0.0, now - float(due)), 4)
+        ctx.metrics.poll_lateness(base["last_poll_lateness"])
     submitted_at = float(run.get("submitted_at") or run["created_at"])
     limit = float(run.get("run_timeout") or ctx.settings.run_timeout)
     if now - submitted_at > limit:

@@ -16,6 +16,7 @@ from kombu.entity import Queue
 
 from config import ConfigError, Settings, load_settings
 from worker import task_names
+from worker.schedules import beat_entries
 
 TASK_MODULES = ["tasks.runs", "tasks.callbacks", "tasks.maintenance", "tasks.batches"]
 
@@ -64,6 +65,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": {
             "hatz-sweeper": {"task": task_names.SWEEP, "schedule": settings.sweep_interval},
+            "hatz-batches": {"task": task_names.BATCH_SWEEP, "schedule": settings.sweep_interval},
+            **beat_entries(settings),
         },
     }
 
@@ -78,13 +81,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     def _configure(sender: Celery, **_: Any) -> None:
         try:
             current = load_settings()
+            config = celery_config(current)  # a bad schedule file is a ConfigError too
         except ConfigError as exc:
             if "celery" in sys.argv[0]:
                 # `celery -A worker ...`: one clear message, not a traceback.
                 print(f"hatz-worker: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
             raise
-        sender.config_from_object(SimpleNamespace(**celery_config(current)))
+        sender.config_from_object(SimpleNamespace(**config))
 
     celery.on_configure.connect(_configure, weak=False)
     return celery

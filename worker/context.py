@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 
 from config import Settings, load_settings
+from worker.api_budget import ApiBudget
 from worker.hatz_client import HatzClient
 from worker.keys import Keys
 from worker.ledger import Ledger
@@ -61,10 +62,15 @@ class Context:
             idempotency_ttl=settings.idempotency_ttl,
             clock=clock,
         )
+        if client is None:
+            budget = None
+            if settings.api_max_rps > 0:
+                budget = ApiBudget(r, ledger.keys.api_budget, settings.api_max_rps)
+            client = HatzClient.from_settings(settings, before_request=budget)
         return cls(
             settings=settings,
             redis=r,
-            client=client or HatzClient.from_settings(settings),
+            client=client,
             ledger=ledger,
             clock=clock,
         )

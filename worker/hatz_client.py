@@ -196,6 +196,7 @@ class HatzClient:
         retry_max_delay: float = 10.0,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        before_request: Callable[[str, str], None] | None = None,
     ) -> None:
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self.base_url = base_url.rstrip("/")
@@ -204,15 +205,21 @@ class HatzClient:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self._sleep = sleep
+        # Called before every attempt (e.g. the shared API budget); it may raise a
+        # HatzError, which is never retried here since nothing was sent.
+        self._before_request = before_request
         self._session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HatzClient:
+    def from_settings(
+        cls, settings: Settings, *, before_request: Callable[[str, str], None] | None = None
+    ) -> HatzClient:
         """A client configured from :class:`config.Settings`."""
         return cls(
+            before_request=before_request,
             api_key=settings.api_key,
             base_url=str(settings.base_url),
             connect_timeout=settings.http_connect_timeout,
@@ -299,6 +306,8 @@ class HatzClient:
         """Send one API call; return its JSON body or raise a typed :class:`HatzError`."""
         attempt = 0
         while True:
+            if self._before_request is not None:
+                self._before_request(method, path)
             try:
                 response = self._send_once(method, path, params=params, json=json, body=body)
                 try:

@@ -169,7 +169,11 @@ def read_source(
     inputs: Mapping[str, Any] | None = None,
     file_input: str | None = None,
 ) -> tuple[list[Row], list[BadRow]]:
-    """Read a batch source into rows (1-based numbers) and rows that could not be parsed.
+    """Read a batch source into rows and rows that could not be parsed.
+
+    A row's number is its line in the file (in a CSV the header is row 1, as in
+    a spreadsheet; blank lines are skipped but keep the count); in a folder,
+    its 1-based position by name.
 
     * ``*.csv``: one row per line after the header; columns are variable names,
       an empty cell leaves that input unset.
@@ -204,19 +208,18 @@ def read_source(
             reader = csv.DictReader(handle)
             if not reader.fieldnames:
                 raise InvalidBatchError([f"{path}: no header row"])
-            for number, record in enumerate(reader, start=1):
+            for record in reader:
+                number = reader.line_num  # the spreadsheet row: the header is row 1
                 if None in record:
                     bad.append(BadRow(number, ["more cells than header columns"]))
                     continue
                 rows.append(_row_from_mapping(number, record, fixed, file_input, base_dir))
         return rows, bad
     if suffix in {".jsonl", ".ndjson"}:
-        number = 0
         with path.open(encoding="utf-8") as handle:
-            for line in handle:
+            for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
-                number += 1
                 try:
                     value = json.loads(line)
                 except ValueError as exc:

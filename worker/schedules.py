@@ -257,7 +257,7 @@ class FireResult:
 def _record(ctx: Context, name: str, result: FireResult) -> FireResult:
     key = ctx.keys.schedule_state(name)
     pipe = ctx.redis.pipeline(transaction=True)
-    pipe.hincrby(key, result.outcome, 1)
+    pipe.hincrby(key, f"count_{result.outcome}", 1)
     pipe.hset(key, mapping={"last_outcome": result.outcome, "last_at": repr(ctx.clock())})
     if result.outcome == "fired":
         pipe.hset(key, mapping={"last_batch": result.batch_id, "last_fired_at": repr(ctx.clock())})

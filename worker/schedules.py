@@ -19,7 +19,7 @@ and/or as a JSON list in ``HATZ_SCHEDULES`` (names must be unique)::
 
 Beat sends ``hatz.fire_schedule(name)``; :func:`fire` does the work. Two
 guards keep a schedule single: a Redis ``SET NX`` **fire key** per schedule and
-slot (the cron minute; for an interval, one key living half the interval), so
+slot (the cron minute; for an interval, one key living 0.8 of the interval), so
 a restarted or duplicated beat never fires the same slot twice; and the
 **overlap** policy: while the schedule's previous batch still runs, a firing
 is skipped (``skip``) or remembered and started when that batch finishes
@@ -104,9 +104,9 @@ class Schedule:
         """The fire key's slot name and lifetime (ms) for a firing at ``now``."""
         if self.cron:
             return now.strftime("%Y%m%d%H%M"), 3_600_000
-        # One firing per half interval: a beat restarted (or doubled) right after a
-        # firing cannot fire again, and the next regular firing is never blocked.
-        return "interval", max(1, int(self.every * 500))
+        # One firing per 0.8 interval: a beat restarted (or doubled) after a firing
+        # cannot fire again, while the next regular firing (one interval later) passes.
+        return "interval", max(1, int(self.every * 800))
 
 
 def _parse_one(item: Any, index: int) -> tuple[Schedule | None, list[str]]:

@@ -159,6 +159,25 @@ class Settings(BaseSettings):
         description="A run overdue by more than this is re-armed by the sweeper, s.",
     )
 
+    # --- Batches, schedules, breaker, API budget ---------------------------------
+    batch_max_in_flight: int = Field(
+        default=10, ge=1, description="Default runs of one batch submitted/in flight at once."
+    )
+    schedules_file: str = Field(
+        default="", description="TOML file of [[schedule]] tables for celery beat ('' = none)."
+    )
+    schedules: str = Field(
+        default="", description="Schedules as a JSON list of objects (added to the file's)."
+    )
+    breaker_max_backoff: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest pause of the credit-overage breaker; it starts at OVERAGE_PAUSE, s.",
+    )
+    api_max_rps: float = Field(
+        default=0.0, ge=0, description="Shared Hatz API request budget, requests/s (0 = none)."
+    )
+
     # --- Worker ---------------------------------------------------------------
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")

@@ -208,7 +208,7 @@ def test_validation_lists_every_problem() -> None:
 def test_submit_failures_that_created_no_job_are_retried_later(
     harness: Callable[..., Harness], failure: Exception
 ) -> None:
-    ctx, client, _ = harness()
+    ctx, client, clock = harness()
     client.runs = [failure]
     run_id = new_run(ctx)
 
@@ -219,6 +219,7 @@ def test_submit_failures_that_created_no_job_are_retried_later(
     assert retry.countdown > 0
     assert run.state is RunState.SUBMITTING
     assert not run["submit_inflight"]
+    clock.now += retry.countdown + 1  # the retry runs when due (past any breaker backoff)
     (poll,) = submit_step(ctx, run_id, int(retry.args[1]))
     assert poll.task == task_names.POLL
     assert client.calls.count("run") == 2

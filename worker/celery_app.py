@@ -17,6 +17,7 @@ from kombu.entity import Queue
 from config import ConfigError, Settings, load_settings
 from worker import logs, task_names
 from worker.health import WorkerHeartbeat
+from worker.schedules import beat_entries
 
 # Imported for its Celery signal receivers (logging setup, per-task log context).
 _ = logs
@@ -74,6 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "worker.health:HeartbeatScheduler",
         "beat_schedule": {
             "hatz-sweeper": {"task": task_names.SWEEP, "schedule": settings.sweep_interval},
+            "hatz-batches": {"task": task_names.BATCH_SWEEP, "schedule": settings.sweep_interval},
+            **beat_entries(settings),
         },
     }
 
@@ -89,13 +92,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     def _configure(sender: Celery, **_: Any) -> None:
         try:
             current = load_settings()
+            config = celery_config(current)  # a bad schedule file is a ConfigError too
         except ConfigError as exc:
             if "celery" in sys.argv[0]:
                 # `celery -A worker ...`: one clear message, not a traceback.
                 print(f"hatz-worker: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
             raise
-        sender.config_from_object(SimpleNamespace(**celery_config(current)))
+        sender.config_from_object(SimpleNamespace(**config))
 
     celery.on_configure.connect(_configure, weak=False)
     return celery

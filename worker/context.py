@@ -18,6 +18,7 @@ from redis import Redis
 from redis.sentinel import Sentinel
 
 from config import Settings, load_settings
+from worker.api_budget import ApiBudget
 from worker.hatz_client import HatzClient
 from worker.keys import Keys
 from worker.ledger import Ledger
@@ -105,10 +106,17 @@ class Context:
             idempotency_ttl=settings.idempotency_ttl,
             clock=clock,
         )
+        if client is None:
+            budget = None
+            if settings.api_max_rps > 0:
+                budget = ApiBudget(r, ledger.keys.api_budget, settings.api_max_rps)
+            client = HatzClient.from_settings(
+                settings, before_request=budget, observer=Metrics(r, keys).api_call
+            )
         return cls(
             settings=settings,
             redis=r,
-            client=client or HatzClient.from_settings(settings, observer=Metrics(r, keys).api_call),
+            client=client,
             ledger=ledger,
             clock=clock,
         )

@@ -92,6 +92,18 @@ class HatzConnectError(HatzTransportError):
     """
 
 
+class HatzBudgetError(HatzConnectError):
+    """Raised when the shared API budget (``HATZ_API_MAX_RPS``) has no token soon enough.
+
+    Nothing was sent, so it is as safe to retry as a refused connection;
+    ``retry_after`` says when a token is expected. Callers reschedule instead of sleeping.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"shared API budget exhausted; next token in {retry_after:.2f} s")
+
+
 class HatzResponseError(HatzError):
     """Raised when a 2xx answer's body is not what the API spec promises.
 
@@ -119,6 +131,26 @@ class IdempotencyConflictError(HatzError):
 
 class RunNotFoundError(HatzError):
     """Raised when no run with the given id is in the ledger (unknown or expired)."""
+
+
+class InvalidBatchError(HatzError):
+    """Raised when a batch cannot be created: bad source, unknown app, or bad rows with abort.
+
+    ``problems`` lists every problem, each bad row prefixed with its row number;
+    nothing was enqueued.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems[:20]) + (" …" if len(problems) > 20 else ""))
+
+
+class BatchNotFoundError(HatzError):
+    """Raised when no batch with the given id is in Redis (unknown or expired)."""
+
+
+class ScheduleError(HatzError):
+    """Raised when a schedule declaration is invalid or a schedule name is unknown."""
 
 
 class UnsafeCallbackURLError(InvalidRunError):

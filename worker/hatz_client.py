@@ -198,6 +198,7 @@ class HatzClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         observer: Observer | None = None,
+        before_request: Callable[[str, str], None] | None = None,
     ) -> None:
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self.base_url = base_url.rstrip("/")
@@ -208,15 +209,25 @@ class HatzClient:
         self._sleep = sleep
         #: Called once per HTTP attempt (metrics): method, path, status, error class, seconds.
         self.observer = observer
+        # Called before every attempt (e.g. the shared API budget); it may raise a
+        # HatzError, which is never retried here since nothing was sent.
+        self._before_request = before_request
         self._session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, observer: Observer | None = None) -> HatzClient:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        before_request: Callable[[str, str], None] | None = None,
+        observer: Observer | None = None,
+    ) -> HatzClient:
         """A client configured from :class:`config.Settings`."""
         return cls(
+            before_request=before_request,
             observer=observer,
             api_key=settings.api_key,
             base_url=str(settings.base_url),
@@ -316,6 +327,8 @@ class HatzClient:
         """Send one API call; return its JSON body or raise a typed :class:`HatzError`."""
         attempt = 0
         while True:
+            if self._before_request is not None:
+                self._before_request(method, path)
             try:
                 response = self._send_once(method, path, params=params, json=json, body=body)
                 try:

@@ -15,6 +15,14 @@ key                             type    what
 ``P:breaker``                   hash    org-wide credit-overage breaker
 ``P:batch:<batch_id>``          hash    a batch record
 ``P:batch:<batch_id>:rows``     list    run ids of a batch, in row order
+``P:batch:<batch_id>:pending``  list    run ids of a batch not yet released (held)
+``P:batch:<batch_id>:inflight`` set     run ids released and not yet seen terminal
+``P:batches``                   zset    every batch id, scored by creation time
+``P:batches:active``            zset    batches not yet finished (batch sweep input)
+``P:batchkey:<key>``            hash    ``--batch-key`` resume map: row hash -> run id
+``P:api-budget``                hash    shared token bucket for Hatz API calls
+``P:sched:<name>``              hash    a schedule's state: last batch, fire counts
+``P:sched-fire:<name>:<slot>``  string  SET NX guard: one firing per schedule slot
 ``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
 ``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
 ``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.metrics``)
@@ -73,6 +81,41 @@ class Keys:
     def batch_rows(self, batch_id: str) -> str:
         """Run ids of a batch in row order."""
         return f"{self.prefix}:batch:{batch_id}:rows"
+
+    def batch_pending(self, batch_id: str) -> str:
+        """Run ids of a batch waiting for a concurrency slot, in row order."""
+        return f"{self.prefix}:batch:{batch_id}:pending"
+
+    def batch_inflight(self, batch_id: str) -> str:
+        """Run ids of a batch released (submitted or in flight) and not yet terminal."""
+        return f"{self.prefix}:batch:{batch_id}:inflight"
+
+    @property
+    def batches(self) -> str:
+        """Index of all batches by creation time."""
+        return f"{self.prefix}:batches"
+
+    @property
+    def active_batches(self) -> str:
+        """Batches not yet finished, by creation time."""
+        return f"{self.prefix}:batches:active"
+
+    def batch_key(self, key: str) -> str:
+        """A ``--batch-key``'s resume map (row hash -> run id)."""
+        return f"{self.prefix}:batchkey:{key}"
+
+    @property
+    def api_budget(self) -> str:
+        """The shared token bucket every Hatz API call takes from."""
+        return f"{self.prefix}:api-budget"
+
+    def schedule_state(self, name: str) -> str:
+        """A schedule's state (last batch, counters)."""
+        return f"{self.prefix}:sched:{name}"
+
+    def schedule_fire(self, name: str, slot: str) -> str:
+        """The one-firing guard of a schedule for one slot."""
+        return f"{self.prefix}:sched-fire:{name}:{slot}"
 
     def lease(self, name: str) -> str:
         """A named lease."""

@@ -26,7 +26,6 @@ What is counted where:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -263,17 +262,13 @@ class HatzCollector(Collector):
             start += _SCAN_BATCH
 
     def _breaker(self, now: float) -> Metric:
-        # The org-wide credit-overage breaker (Keys.breaker) is written by the
-        # reliability code; absent key = closed. Open while `state` says so or
-        # `open_until` is in the future.
+        # The org-wide credit-overage breaker (worker.breaker, Keys.breaker);
+        # an absent key means closed.
         family = GaugeMetricFamily(
             "hatz_breaker_open", "1 while the org-wide credit-overage breaker is open"
         )
         data = {_s(k): _s(v) for k, v in self.redis.hgetall(self.keys.breaker).items()}
-        is_open = data.get("state", "").lower() in {"open", "half_open", "half-open"}
-        with contextlib.suppress(ValueError):
-            is_open = is_open or float(data.get("open_until") or 0) > now
-        family.add_metric([], 1 if is_open else 0)
+        family.add_metric([], 1 if data.get("state") == "open" else 0)
         return family
 
     def _heartbeats(self) -> Metric:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker import log_context, task_names
+from worker import breaker, log_context, task_names
 from worker.context import Context
 from worker.errors import (
     HatzAPIError,
@@ -167,9 +167,15 @@ def finish(
     if not result:
         return []
     log.info("run %s -> %s%s", run_id, to.value, f": {error}" if error else "")
+    steps: list[Next] = []
     if has_callback:
-        return [Next(task_names.DELIVER_CALLBACK, (run_id, int(run.get("callback_token") or 0)))]
-    return []
+        steps.append(
+            Next(task_names.DELIVER_CALLBACK, (run_id, int(run.get("callback_token") or 0)))
+        )
+    if run.get("batch_id"):
+        # Frees the run's concurrency slot; the batch sweep recovers a lost tick.
+        steps.append(Next(task_names.BATCH_TICK, (str(run["batch_id"]),)))
+    return steps
 
 
 # --- submit ---------------------------------------------------------------------------
@@ -199,6 +205,20 @@ def _reschedule_submit(
         return []
     log.warning("run %s: %s; retrying in %.1f s", run.run_id, _short(exc), delay)
     return [Next(task_names.SUBMIT, (run.run_id, token), delay)]
+
+
+def _pause_submit(ctx: Context, run_id: str, token: int, wait: float) -> list[Next]:
+    # Re-check at least every HATZ_OVERAGE_PAUSE (a countdown the visibility timeout
+    # already allows), jittered so paused runs do not wake in lockstep.
+    delay = jittered(ctx, min(max(wait, 0.05), ctx.settings.overage_pause))
+    ok = ctx.ledger.cas(
+        run_id,
+        states=PRE_SUBMIT_STATES,
+        token=token,
+        next_at=ctx.clock() + delay,
+        fields={"submit_inflight": False, "last_error": "paused: credit-overage breaker open"},
+    )
+    return [Next(task_names.SUBMIT, (run_id, token), delay)] if ok else []
 
 
 def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
@@ -260,6 +280,12 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         if not ctx.ledger.cas(run_id, states=ACTIVE_STATES, token=token, to=RunState.SUBMITTING):
             return []
 
+    # The org-wide credit-overage breaker: while it is open the run waits (no attempt
+    # counted, no deadline) and asks again; only one probe submit goes at a time.
+    decision = breaker.allow_submit(ctx)
+    if not decision.allowed:
+        return _pause_submit(ctx, run_id, token, decision.wait)
+
     # SUBMITTING: mark the send in flight first, so a crash mid-send is never re-sent.
     if not ctx.ledger.cas(
         run_id, states=ACTIVE_STATES, token=token, fields={"submit_inflight": True}
@@ -279,7 +305,10 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
                 error=f"submit answered {exc.status_code}; not re-sent (HATZ_SUBMIT_RETRY_5XX)",
             )
         return _reschedule_submit(ctx, run, token, exc)
-    except (HatzConnectError, HatzRateLimitError, HatzCreditOverageError) as exc:
+    except HatzCreditOverageError as exc:
+        breaker.record_overage(ctx, _short(exc))
+        return _reschedule_submit(ctx, run, token, exc)
+    except (HatzConnectError, HatzRateLimitError) as exc:
         return _reschedule_submit(ctx, run, token, exc)
     except HatzAuthError as exc:
         return _reschedule_submit(ctx, run, token, exc)
@@ -293,6 +322,8 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             RunState.AMBIGUOUS,
             error=f"submit outcome unknown, not re-sent to avoid a duplicate job: {_short(exc)}",
         )
+    if decision.probe:
+        breaker.record_success(ctx)
     first = jittered(ctx, ctx.settings.poll_initial_delay)
     now = ctx.clock()
     ok = ctx.ledger.cas(

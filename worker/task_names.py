@@ -12,6 +12,10 @@ POLL = "hatz.poll"
 DELIVER_CALLBACK = "hatz.deliver_callback"
 SWEEP = "hatz.sweep"
 RUN_BATCH = "hatz.run_batch"
+BATCH_TICK = "hatz.batch_tick"
+BATCH_SWEEP = "hatz.batch_sweep"
+DELIVER_BATCH_CALLBACK = "hatz.deliver_batch_callback"
+FIRE_SCHEDULE = "hatz.fire_schedule"
 
 QUEUE_DEFAULT = "hatz.default"
 QUEUE_SUBMIT = "hatz.submit"
@@ -27,4 +31,8 @@ ROUTES = {
     DELIVER_CALLBACK: QUEUE_CALLBACK,
     SWEEP: QUEUE_DEFAULT,
     RUN_BATCH: QUEUE_DEFAULT,
+    BATCH_TICK: QUEUE_DEFAULT,
+    BATCH_SWEEP: QUEUE_DEFAULT,
+    DELIVER_BATCH_CALLBACK: QUEUE_CALLBACK,
+    FIRE_SCHEDULE: QUEUE_DEFAULT,
 }

@@ -13,6 +13,7 @@ from celery import Celery
 
 from config import Settings
 from tests.conftest import API_KEY, make_settings
+from worker import breaker
 from worker.celery_app import create_app
 from worker.cli import main, safe_url
 from worker.context import Context
@@ -190,6 +191,18 @@ def test_status_never_prints_a_presigned_query_string(cli: Cli, ctx: Context) ->
     assert code == 0
     record = json.loads(out)
     assert record["documents"]["step-doc"]["url"] == DOC_URL  # --json is the full record
+
+
+def test_status_of_a_waiting_run_shows_an_open_breaker(cli: Cli, ctx: Context) -> None:
+    run_id = _create(ctx)
+    _, before, _ = cli("status", run_id)
+
+    breaker.record_overage(ctx, "429: credit overage")
+    code, after, _ = cli("status", run_id)
+
+    assert code == 0
+    assert "breaker" not in before
+    assert "credit-overage breaker is OPEN" in after
 
 
 def test_status_of_unknown_run_exits_1(cli: Cli) -> None:

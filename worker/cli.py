@@ -29,6 +29,7 @@ from celery import Celery
 
 from config import ConfigError, Settings, load_settings
 from worker.api import cancel_run, enqueue_run, get_run, list_runs, wait_for_run
+from worker.breaker import breaker_state
 from worker.context import Context
 from worker.errors import (
     HatzAuthError,
@@ -519,10 +520,16 @@ def cmd_run(args: argparse.Namespace, rt: Runtime) -> int:
 def cmd_status(args: argparse.Namespace, rt: Runtime) -> int:
     """``status``: one run's record."""
     run = get_run(args.run_id, context=rt.context)
+    breaker = breaker_state(rt.context)
     if args.json:
-        _print_json(run)
-    else:
-        print("\n".join(status_lines(run)))
+        _print_json({**run, "breaker": breaker})
+        return EXIT_OK
+    print("\n".join(status_lines(run)))
+    if breaker["state"] == "open" and run.state in PRE_SUBMIT_STATES:
+        print(
+            "note: the org-wide credit-overage breaker is OPEN: submits are paused "
+            f"(next probe in {breaker.get('retry_in', 0):.0f} s); nothing is dropped"
+        )
     return EXIT_OK
 
 

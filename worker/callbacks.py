@@ -48,6 +48,7 @@ USER_AGENT = "hatz-worker-callbacks/0.1"
 _MAX_BODY_EXCERPT = 200
 _MAX_ERROR_CHARS = 300
 _MAX_ATTEMPTS_KEPT = 20
+_MAX_RETRY_AFTER = 3600.0
 #: Time a delivery task may need beyond its HTTP timeouts before the sweeper may re-arm it.
 _LEASE_MARGIN = 30.0
 #: When a replayed or queued delivery counts as lost if nobody picked it up.
@@ -265,8 +266,8 @@ def _retry_delay(ctx: Context, tries: int, outcome: Outcome) -> float:
     delays = ctx.settings.callback_retry_delays
     delay = jittered(ctx, delays[tries])
     if outcome.retry_after is not None:
-        # Honour the receiver, but never beyond the longest wait we would choose ourselves.
-        delay = max(delay, min(outcome.retry_after, max(delays)))
+        # Honour the receiver, within reason: up to an hour, or our own longest wait.
+        delay = max(delay, min(outcome.retry_after, max(_MAX_RETRY_AFTER, *delays)))
     return delay
 
 

@@ -287,6 +287,8 @@ def deliver_step(
     lease = _lease(ctx)
 
     def claim(run: Run) -> _Change | None:
+        if not run.get("callback_url"):
+            return None
         if run.get("callback_state") == "failed":
             return None  # dead-lettered: only a replay restarts the chain
         if str(run.get("callback_sending") or "") == str(token):

@@ -62,11 +62,13 @@ def post(
     *,
     connect_timeout: float,
     total_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Response:
     """POST ``body`` to ``target``; return the answer or raise :class:`DeliveryError`.
 
     The whole exchange (connect, TLS, send, status line, headers, body excerpt)
-    ends within ``total_timeout`` seconds.
+    ends within ``total_timeout`` seconds. ``ssl_context`` defaults to the
+    system trust store with hostname checking (tests pass their own CA).
     """
     deadline = time.monotonic() + total_timeout
     sock = _connect(target, min(connect_timeout, total_timeout))
@@ -84,7 +86,7 @@ def post(
     timer.start()
     try:
         if target.scheme == "https":
-            context = ssl.create_default_context()
+            context = ssl_context or ssl.create_default_context()
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock = context.wrap_socket(sock, server_hostname=target.host)
         sock.settimeout(max(0.001, deadline - time.monotonic()))

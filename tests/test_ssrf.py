@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from tests.conftest import make_settings
-from worker.errors import UnsafeCallbackURLError
+from worker.api import enqueue_run
+from worker.context import Context
+from worker.errors import InvalidRunError, UnsafeCallbackURLError
 from worker.ssrf import check_callback_url, resolve_callback_url
 
 GUARDED = make_settings(callback_allow_private=False)
@@ -174,3 +176,18 @@ def test_allow_hosts_opens_named_hosts_and_cidrs_only() -> None:
         resolve_callback_url("http://other.internal/h", settings, lambda h, p: ["10.21.0.7"])
     with pytest.raises(UnsafeCallbackURLError):
         check_callback_url("http://127.0.0.1/h", settings)
+
+
+def test_enqueue_refuses_a_guarded_callback_and_enqueues_nothing(
+    context_factory: Callable[..., Context],
+) -> None:
+    ctx = context_factory(GUARDED)
+
+    with pytest.raises(InvalidRunError) as refused:
+        enqueue_run("app-1", {}, callback_url="http://169.254.169.254/latest", context=ctx)
+
+    assert refused.value.problems == [
+        "callback_url refused: address 169.254.169.254, a link-local address (incl. cloud "
+        "metadata) (set HATZ_CALLBACK_ALLOW_HOSTS or HATZ_CALLBACK_ALLOW_PRIVATE to allow it)"
+    ]
+    assert ctx.ledger.run_ids() == []

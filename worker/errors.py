@@ -159,3 +159,7 @@ class UnsafeCallbackURLError(InvalidRunError):
     def __init__(self, reason: str) -> None:
         super().__init__([f"callback_url refused: {reason}"])
         self.reason = reason
+
+
+class CallbackReplayError(HatzError):
+    """Raised when a callback replay is asked for a run whose callback is not dead-lettered."""

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker import breaker, log_context, task_names
+from worker import breaker, events, log_context, task_names
 from worker.context import Context
 from worker.errors import (
     HatzAPIError,
@@ -148,7 +148,8 @@ def finish(
     run = ctx.ledger.get(run_id)
     if run is None:
         return []
-    has_callback = bool(run.get("callback_url"))
+    # Only when the run's event filter wants this end (or a started event is still owed).
+    has_callback = bool(events.pending(run, to))
     changes: dict[str, Any] = dict(fields or {})
     if error:
         changes["error"] = error[:_MAX_ERROR_CHARS]
@@ -497,9 +498,14 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         return finish(
             ctx, run_id, token, RunState.FAILED, error=_failure_reason(job), fields=fields
         )
+    steps: list[Next] = []
     if job.status == "running" and run.state is RunState.SUBMITTED:
         progress["state_to"] = RunState.RUNNING
-    return _reschedule_poll(ctx, run, token, _next_interval(ctx, run, job), progress)
+        if events.wants_started(run):
+            callback_token = int(run.get("callback_token") or 0)
+            steps.append(Next(task_names.DELIVER_CALLBACK, (run_id, callback_token)))
+    polls = _reschedule_poll(ctx, run, token, _next_interval(ctx, run, job), progress)
+    return polls + steps if polls else []
 
 
 # --- cancel ---------------------------------------------------------------------------

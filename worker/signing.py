@@ -22,7 +22,8 @@ class WebhookVerificationError(Exception):
 
 
 def _key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    # Padding added as the reference library does: secrets are often unpadded base64.
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX) + "==")
 
 
 def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:

@@ -14,6 +14,7 @@ from celery import Celery
 from config import Settings
 from tests.conftest import API_KEY, make_settings
 from worker import breaker
+from worker.api import get_run
 from worker.celery_app import create_app
 from worker.cli import main, safe_url
 from worker.context import Context
@@ -191,6 +192,16 @@ def test_status_never_prints_a_presigned_query_string(cli: Cli, ctx: Context) ->
     assert code == 0
     record = json.loads(out)
     assert record["documents"]["step-doc"]["url"] == DOC_URL  # --json is the full record
+
+
+def test_run_event_filter_is_recorded(cli: Cli, ctx: Context) -> None:
+    code, out, _ = cli(
+        "run", TOPIC_BRIEF_ID, "-i", "topic=x", "--event", "workflow_run.failed", "--json"
+    )
+
+    assert code == 0
+    run = get_run(json.loads(out)["run_id"], context=ctx)
+    assert run["events"] == ["workflow_run.failed"]
 
 
 def test_status_of_a_waiting_run_shows_an_open_breaker(cli: Cli, ctx: Context) -> None:

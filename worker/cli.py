@@ -442,6 +442,12 @@ def _add_run_commands(sub: Subparsers) -> None:
     )
     p.add_argument("--draft", action="store_true", help="run the app's draft version")
     p.add_argument("--callback-url", metavar="URL", help="POST a signed event here when done")
+    p.add_argument(
+        "--event",
+        action="append",
+        metavar="TYPE",
+        help="callback event filter, repeatable (e.g. workflow_run.failed, workflow_run.started)",
+    )
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="echoed in callbacks")
     p.add_argument("--idempotency-key", metavar="K", help="same key+params -> the same run")
     p.add_argument("--wait", action="store_true", help="then wait for the run, like `wait`")
@@ -501,6 +507,7 @@ def cmd_run(args: argparse.Namespace, rt: Runtime) -> int:
         metadata=metadata or None,
         is_draft_app=args.draft,
         idempotency_key=args.idempotency_key,
+        events=args.event,
         context=rt.context,
         celery=rt.celery,
     )

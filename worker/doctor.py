@@ -121,6 +121,19 @@ def check_timing(settings: Settings) -> list[Check]:
     ]
 
 
+def check_signing(settings: Settings) -> list[Check]:
+    """Callbacks should be signed, or receivers cannot tell them from forgeries."""
+    if not settings.webhook_secrets():
+        return [
+            _warn(
+                "webhook signing",
+                "HATZ_WEBHOOK_SECRET is not set: callbacks go out unsigned",
+            )
+        ]
+    count = len(settings.webhook_secrets())
+    return [_ok("webhook signing", f"{count} active secret(s)")]
+
+
 def check_api(client: HatzClient, base_url: str) -> list[Check]:
     """One cheap authenticated call (``GET /app/list?limit=1``)."""
     try:
@@ -170,6 +183,7 @@ def run_doctor(
     if settings is None:
         return checks
     checks += check_timing(settings)
+    checks += check_signing(settings)
     r = redis_client if redis_client is not None else redis_from_settings(settings)
     client = hatz_client or HatzClient.from_settings(settings)
     try:

@@ -22,7 +22,14 @@ from worker.errors import (
 )
 from worker.hatz_types import App, Job, PresignedURL, SubmittedJob, UploadedFile, UserInput
 from worker.ledger import RunState
-from worker.pipeline import Next, cancel, poll_step, submit_step, validate_inputs
+from worker.pipeline import (
+    Next,
+    cancel,
+    poll_step,
+    refresh_documents,
+    submit_step,
+    validate_inputs,
+)
 from worker.sweeper import sweep
 
 OVERAGE = "Workflows have been rate limited for your organization due to a credit overage."
@@ -450,3 +457,26 @@ def test_only_one_sweeper_runs_at_a_time(harness: Callable[..., Harness]) -> Non
 
     assert sweep(ctx).ran
     assert not sweep(ctx).ran
+
+
+def test_documents_about_to_expire_are_renewed_before_a_late_callback(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, clock = harness(presign_expires_in=3600)
+    run_id, token = submitted(ctx)
+    client.jobs = [job("complete", [{"step_id": "s2", "status": "complete", "output_type": "pdf"}])]
+    poll_step(ctx, run_id, token)
+    old = ctx.ledger.require(run_id)["documents"]["s2"]
+    client.presigned = [PresignedURL(url="http://s3/s2?sig=fresh", expires_in=3600)]
+    clock.now += 3500  # a callback retry, close to the URL's expiry
+
+    renewed = refresh_documents(ctx, ctx.ledger.require(run_id))
+
+    assert old["url"] == "http://s3/s2?sig=1"
+    assert renewed["documents"]["s2"] == {
+        "url": "http://s3/s2?sig=fresh",
+        "expires_at": clock.now + 3600,
+    }
+    assert ctx.ledger.require(run_id)["documents"] == renewed["documents"]
+    assert refresh_documents(ctx, renewed) == renewed  # still fresh: no new call
+    assert client.calls.count("presign") == 2

@@ -35,7 +35,7 @@ from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.events import Event
 from worker.ledger import Run, RunState
-from worker.pipeline import Next, jittered
+from worker.pipeline import Next, jittered, refresh_documents
 from worker.ssrf import Resolver, resolve_callback_url
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,8 @@ def deliver_step(
     url = str(run.get("callback_url") or "")
     msg_id = events.webhook_id(run_id, event)
     tries = int(run.get("callback_tries") or 0) + 1
+    if event.type != events.STARTED:
+        run = refresh_documents(ctx, run)  # a retry hours later must not send dead links
     outcome = send(ctx, url, msg_id, encode(build_event(run, event)), resolver=resolver)
     record: dict[str, Any] = {
         "at": ctx.clock(),

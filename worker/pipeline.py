@@ -39,7 +39,14 @@ from worker.errors import (
     HatzValidationError,
 )
 from worker.hatz_types import App, Job, StepOutput
-from worker.ledger import ACTIVE_STATES, POLLING_STATES, PRE_SUBMIT_STATES, Run, RunState
+from worker.ledger import (
+    ACTIVE_STATES,
+    POLLING_STATES,
+    PRE_SUBMIT_STATES,
+    TERMINAL_STATES,
+    Run,
+    RunState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +398,28 @@ def collect_documents(ctx: Context, job: Job) -> dict[str, dict[str, Any]]:
             continue
         documents[step.step_id] = {"url": url.url, "expires_at": requested + url.expires_in}
     return documents
+
+
+def refresh_documents(ctx: Context, run: Run, *, margin: float = 300.0) -> Run:
+    """Renew presigned URLs that expire within ``margin`` seconds (e.g. before a late
+    callback retry), so receivers never get a dead link. Failures keep the old URL."""
+    documents: dict[str, dict[str, Any]] = dict(run.get("documents") or {})
+    job_id = run.get("job_id")
+    now = ctx.clock()
+    stale = [k for k, d in documents.items() if float(d.get("expires_at") or 0) < now + margin]
+    if not job_id or not stale:
+        return run
+    for step_id in stale:
+        try:
+            url = ctx.client.presigned_url(
+                str(job_id), step_id, expires_in=ctx.settings.presign_expires_in
+            )
+        except HatzError as exc:
+            log.warning("run %s: cannot renew the URL of step %s: %s", run.run_id, step_id, exc)
+            continue
+        documents[step_id] = {"url": url.url, "expires_at": now + url.expires_in}
+    ctx.ledger.cas(run.run_id, states=TERMINAL_STATES, fields={"documents": documents})
+    return Run({**run, "documents": documents})
 
 
 def _failure_reason(job: Job) -> str:

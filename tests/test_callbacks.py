@@ -20,7 +20,6 @@ from worker import events, task_names
 from worker.callbacks import (
     deliver_step,
     failed_callbacks,
-    parse_retry_after,
     replay_callback,
     send_test,
 )
@@ -30,6 +29,7 @@ from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.ledger import ACTIVE_STATES, RunState
 from worker.pipeline import Next, finish
+from worker.retry_after import parse_retry_after
 from worker.webhook_transport import MAX_BODY_READ
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -20,7 +20,6 @@ A delivery never changes the run's own state: only ``callback_*`` fields.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.events import Event
 from worker.ledger import Run, RunState
 from worker.pipeline import Next, jittered, refresh_documents
+from worker.retry_after import parse_retry_after
 from worker.ssrf import Resolver, resolve_callback_url
 
 log = logging.getLogger(__name__)
@@ -151,24 +151,6 @@ class Outcome:
     def summary(self) -> str:
         """``HTTP 503`` or the error."""
         return f"HTTP {self.status}" if self.status is not None else self.error
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` in seconds from now: delta-seconds or an HTTP-date; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 def send(

@@ -19,7 +19,6 @@ Retry rule (there is no idempotency key in the Hatz API):
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import mimetypes
 import os
@@ -53,6 +52,7 @@ from worker.errors import (
     HatzValidationError,
 )
 from worker.hatz_types import App, Job, PresignedURL, QueryResult, SubmittedJob, UploadedFile
+from worker.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +62,6 @@ Observer = Callable[[str, str, "int | None", "str | None", float], None]
 _CHUNK = 256 * 1024
 _MAX_DETAIL = 300
 USER_AGENT = "hatz-worker/0.1"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Parse ``Retry-After`` (seconds or HTTP-date) into seconds, or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _detail(response: requests.Response) -> str:
@@ -104,7 +88,7 @@ def error_from_response(response: requests.Response, method: str, path: str) -> 
     """Build the typed error for a non-2xx answer: the one place that reads status codes."""
     status = response.status_code
     detail = _detail(response)
-    retry_after = _retry_after(response.headers.get("Retry-After"))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
     cls: type[HatzAPIError]
     if status in (401, 403):
         cls = HatzAuthError

@@ -92,6 +92,8 @@ _INT_FIELDS = frozenset(
         "number_of_steps",
         "callback_seq",
         "callback_token",
+        "internal_errors",
+        "sweeper_rearms",
     }
 )
 _BOOL_FIELDS = frozenset({"is_draft_app", "submit_inflight"})
@@ -353,12 +355,29 @@ class Ledger:
         )
         return [_str(i) for i in ids]
 
-    def due(self, before: float, *, limit: int = 500) -> list[tuple[str, float]]:
-        """Non-terminal runs whose ``next_at`` is earlier than ``before``."""
+    def due(self, before: float, *, limit: int = 500, offset: int = 0) -> list[tuple[str, float]]:
+        """Scheduled runs whose ``next_at`` is earlier than ``before``, soonest first."""
         rows = self.redis.zrangebyscore(
-            self.keys.schedule, "-inf", before, start=0, num=limit, withscores=True
+            self.keys.schedule, "-inf", before, start=offset, num=limit, withscores=True
         )
         return [(_str(row[0]), float(row[1])) for row in rows]
+
+    def note_error(self, run_id: str, message: str) -> int:
+        """Record an unexpected task error on a run; return its count (0 if no such run).
+
+        Only ``last_error`` and the ``internal_errors`` counter change; the run's
+        state and token do not, so the sweeper re-arms it as for a lost task.
+        """
+        run = self.get(run_id)
+        if run is None:
+            return 0
+        count = int(run.get("internal_errors") or 0) + 1
+        result = self.cas(
+            run_id,
+            states=None,
+            fields={"last_error": message[:500], "internal_errors": count},
+        )
+        return count if result else 0
 
     # --- compare-and-set ----------------------------------------------------------
 
@@ -431,8 +450,10 @@ class Ledger:
         """Claim a run for one task: bump its token and hold it for ``lease`` seconds.
 
         Returns the record (with the new token) or None when the message is
-        stale, duplicated, or the run is in another state.
+        stale, duplicated, or the run is in another state. Stamps ``claimed_at``:
+        the sweeper's stall detection reads it as "a task last worked on this run".
         """
+        stamp = {"claimed_at": self.clock()} if token_field == "token" else {}
         result = self.cas(
             run_id,
             states=states,
@@ -440,7 +461,7 @@ class Ledger:
             token_field=token_field,
             bump_token=True,
             next_at=self.clock() + lease,
-            fields=fields,
+            fields={**stamp, **(fields or {})},
             return_record=True,
         )
         return result.record if result else None

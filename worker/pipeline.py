@@ -70,9 +70,7 @@ def jittered(ctx: Context, seconds: float) -> float:
 
 def _lease(ctx: Context) -> float:
     """How long one task may hold a run before the sweeper may assume it died."""
-    s = ctx.settings
-    http = (s.http_connect_timeout + s.http_read_timeout) * (s.http_retries + 1)
-    return http + s.http_retry_max_delay * s.http_retries + 30.0
+    return ctx.settings.task_lease()
 
 
 def _retry_delay(ctx: Context, attempt: int, exc: HatzError | None = None) -> float:

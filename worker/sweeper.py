@@ -102,7 +102,7 @@ def _settle_broken(ctx: Context, run: Run) -> list[Next]:
         if run.state in PRE_SUBMIT_STATES and run.get("submit_inflight")
         else RunState.FAILED
     )
-    return finish(ctx, run.run_id, run.token, to, error=error)
+    return finish(ctx, run.run_id, run.token, to, error=error, states=frozenset({run.state}))
 
 
 def _sweep_one(ctx: Context, run_id: str, report: SweepReport) -> bool:
@@ -132,12 +132,15 @@ def _sweep_one(ctx: Context, run_id: str, report: SweepReport) -> bool:
             report.dropped.append(run_id)
             return True
     elif state in PRE_SUBMIT_STATES and run.get("submit_inflight"):
+        # Only from a pre-submit state: the send may have just reported back
+        # (SUBMITTED, same token) since this sweep read the run.
         steps = finish(
             ctx,
             run_id,
             run.token,
             RunState.AMBIGUOUS,
             error="submit outcome unknown: the worker was lost while sending; not re-sent",
+            states=PRE_SUBMIT_STATES,
         )
         after = ctx.ledger.get(run_id)
         if after is not None and after.state is RunState.AMBIGUOUS:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from kombu.transport import redis as kombu_redis
 
 from tests.conftest import make_settings
@@ -157,3 +158,56 @@ def test_sweeper_never_marks_ambiguous_a_run_whose_submit_just_reported_back(
 
     assert report.ambiguous == []
     assert ctx.ledger.require(run_id).state is RunState.SUBMITTED
+
+
+def test_sweeper_leaves_alone_a_run_that_moved_on_after_the_schedule_was_read(
+    context_factory: Callable[..., Context],
+) -> None:
+    # Given a polling run that was overdue when the sweeper read the schedule...
+    ctx = context_factory(sweep_grace=1)
+    (run_id,) = _overdue_runs(ctx, 1)
+    real_get = ctx.ledger.get
+
+    def get_after_completion(rid: str) -> Any:
+        # ...but completed, with its callback being delivered, before the sweeper read it
+        ctx.ledger.cas(
+            rid,
+            states=None,
+            to=RunState.COMPLETED,
+            next_at=ctx.clock() + 120,
+            fields={"callback_state": "sending", "callback_url": "http://x"},
+        )
+        ctx.ledger.get = real_get  # type: ignore[method-assign]
+        return real_get(rid)
+
+    ctx.ledger.get = get_after_completion  # type: ignore[method-assign,assignment]
+    token = ctx.ledger.require(run_id).get("callback_token") or 0
+
+    report = sweep(ctx)
+
+    # Then its delivery is not re-armed (that would send the callback twice)
+    assert report.steps == []
+    assert (ctx.ledger.require(run_id).get("callback_token") or 0) == token
+
+
+def test_the_job_id_write_outlasts_a_short_redis_outage(
+    context_factory: Callable[..., Context],
+) -> None:
+    # Given Redis refusing the first two attempts of a write
+    ctx = context_factory()
+    run_id, _ = ctx.ledger.create({"app_id": "a", "inputs": {}})
+    real = ctx.ledger._cas
+    failures = [redis.ConnectionError("down"), redis.TimeoutError("slow")]
+
+    def flaky(**kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return real(**kwargs)
+
+    ctx.ledger._cas = flaky  # type: ignore[assignment]
+
+    # When the write is durable, then it lands once Redis answers
+    result = ctx.ledger.cas_durable(5.0, run_id=run_id, states=None, fields={"job_id": "j"})
+
+    assert result.ok
+    assert ctx.ledger.require(run_id)["job_id"] == "j"

@@ -75,10 +75,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Countdown tasks are held in worker memory until due; this caps how many
         # (celery >= 5.5; further ones wait in Redis, not in RAM).
         "worker_eta_task_limit": settings.worker_eta_task_limit,
-        # On a broker connection loss, cancel running acks_late tasks so they are
-        # redelivered instead of finishing with an ack nobody can receive
-        # (the Celery 6 default; silences its CPendingDeprecationWarning).
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On a broker connection loss, let running tasks finish. Cancelling them
+        # (the Celery 6 default) would kill a hatz.submit mid-POST, and its run
+        # would have to become AMBIGUOUS (chaos row "Redis killed and restarted").
+        # Their acks are lost with the connection; the messages stay in the
+        # unacked hash and come back after visibility_timeout with stale tokens.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # SIGTERM is a warm shutdown (running tasks finish, held countdown
         # messages are restored to their queue). Only a cold shutdown (SIGQUIT)
         # uses this: it still gives running tasks this long first.

@@ -437,6 +437,24 @@ class Ledger:
             record = Run.from_hash(_pairs([_str(x) for x in result[3]]))
         return CasResult(True, int(result[1]), _str(result[2]), record)
 
+    def cas_durable(self, within: float, **kwargs: Any) -> CasResult:
+        """:meth:`cas`, retried across a Redis outage for up to ``within`` seconds.
+
+        For the one write that must not be lost to a Redis blip: a job id the
+        API just returned exists nowhere else. Raises the last connection error
+        when Redis is still away at the deadline.
+        """
+        deadline = time.monotonic() + within
+        delay = 0.05
+        while True:
+            try:
+                return self.cas(**kwargs)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     def claim(
         self,
         run_id: str,

@@ -282,8 +282,10 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         )
     first = jittered(ctx, ctx.settings.poll_initial_delay)
     now = ctx.clock()
-    ok = ctx.ledger.cas(
-        run_id,
+    # The job id exists only in this process now: outlast a Redis blip to record it.
+    ok = ctx.ledger.cas_durable(
+        _lease(ctx),
+        run_id=run_id,
         states=PRE_SUBMIT_STATES,
         token=token,
         to=RunState.SUBMITTED,

@@ -105,12 +105,17 @@ def _settle_broken(ctx: Context, run: Run) -> list[Next]:
     return finish(ctx, run.run_id, run.token, to, error=error, states=frozenset({run.state}))
 
 
-def _sweep_one(ctx: Context, run_id: str, report: SweepReport) -> bool:
+def _sweep_one(ctx: Context, run_id: str, cutoff: float, report: SweepReport) -> bool:
     """Handle one overdue run; False when it was left as it is (it stays due)."""
     run = ctx.ledger.get(run_id)
     if run is None:
         ctx.redis.zrem(ctx.keys.schedule, run_id)
         report.dropped.append(run_id)
+        return True
+    next_at = run.get("next_at")
+    if next_at is not None and float(next_at) > cutoff:
+        # The schedule row was read before a task moved the run on (e.g. it just
+        # completed and its callback is being sent): not overdue any more.
         return True
     state = run.state
     rearms = int(run.get("sweeper_rearms") or 0)
@@ -179,7 +184,7 @@ def sweep(ctx: Context, *, limit: int | None = None) -> SweepReport:
         if not rows:
             break
         for run_id, _due in rows:
-            if not _sweep_one(ctx, run_id, report):
+            if not _sweep_one(ctx, run_id, cutoff, report):
                 skipped += 1
         if time.monotonic() > deadline:
             report.partial = True

@@ -158,6 +158,24 @@ class Settings(BaseSettings):
         ge=0,
         description="A run overdue by more than this is re-armed by the sweeper, s.",
     )
+    sweep_batch: int = Field(
+        default=500, ge=1, le=100_000, description="Runs the sweeper handles per batch."
+    )
+    stall_after: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A non-terminal run no task has worked on for this long is stalled, s.",
+    )
+    internal_error_limit: int = Field(
+        default=5,
+        ge=1,
+        description="Unexpected task errors on one run before the sweeper fails it.",
+    )
+    worker_eta_task_limit: int = Field(
+        default=10_000,
+        ge=1,
+        description="Countdown tasks one worker holds in memory at most (worker_eta_task_limit).",
+    )
 
     # --- Batches, schedules, breaker, API budget ---------------------------------
     batch_max_in_flight: int = Field(
@@ -257,6 +275,16 @@ class Settings(BaseSettings):
             self.overage_pause,
             self.http_retry_max_delay,
         ) * (1 + self.poll_jitter)
+
+    def task_lease(self) -> float:
+        """How long one task may hold a run before the sweeper may assume it died, s.
+
+        The worst case of one task's HTTP calls (every retry timing out) plus a
+        quarter of that as slack for Redis round trips.
+        """
+        http = (self.http_connect_timeout + self.http_read_timeout) * (self.http_retries + 1)
+        budget = http + self.http_retry_max_delay * self.http_retries
+        return budget + max(2.0, budget / 4)
 
     def max_countdown(self) -> float:
         """The longest delay handed to Celery as a countdown: half the visibility timeout.

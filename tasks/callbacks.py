@@ -5,10 +5,10 @@ from __future__ import annotations
 from worker import task_names
 from worker.callbacks import deliver_step
 from worker.celery_app import app, publish
-from worker.context import get_context
+from worker.task_guard import run_step
 
 
 @app.task(name=task_names.DELIVER_CALLBACK)  # type: ignore[untyped-decorator]
 def deliver_callback(run_id: str, token: int) -> None:
     """Deliver one run's callback once; a failure schedules a retry, never fails the run."""
-    publish(deliver_step(get_context(), run_id, token), app)
+    publish(run_step(deliver_step, run_id, token, task=task_names.DELIVER_CALLBACK), app)

@@ -13,4 +13,9 @@ def sweep() -> dict[str, int]:
     """Re-arm runs whose next task was lost (``hatz.sweep``, every HATZ_SWEEP_INTERVAL s)."""
     report = sweep_once(get_context())
     publish(report.steps, app)
-    return {"rearmed": len(report.rearmed), "ambiguous": len(report.ambiguous)}
+    return {
+        "rearmed": len(report.rearmed),
+        "ambiguous": len(report.ambiguous),
+        "settled": len(report.settled),
+        "stalled": len(report.stalled),
+    }

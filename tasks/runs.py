@@ -9,6 +9,7 @@ from worker.api import enqueue_run
 from worker.celery_app import app, publish
 from worker.context import get_context
 from worker.pipeline import poll_step, submit_step
+from worker.task_guard import run_step
 
 
 @app.task(name=task_names.RUN_WORKFLOW, ignore_result=False)  # type: ignore[untyped-decorator]
@@ -23,10 +24,10 @@ def run_workflow(**request: Any) -> str:
 @app.task(name=task_names.SUBMIT)  # type: ignore[untyped-decorator]
 def submit(run_id: str, token: int) -> None:
     """Validate, upload and submit a run (``hatz.submit``)."""
-    publish(submit_step(get_context(), run_id, token), app)
+    publish(run_step(submit_step, run_id, token, task=task_names.SUBMIT), app)
 
 
 @app.task(name=task_names.POLL)  # type: ignore[untyped-decorator]
 def poll(run_id: str, token: int) -> None:
     """Poll a run's job once and reschedule itself with a countdown (``hatz.poll``)."""
-    publish(poll_step(get_context(), run_id, token), app)
+    publish(run_step(poll_step, run_id, token, task=task_names.POLL), app)

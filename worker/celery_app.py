@@ -11,7 +11,7 @@ import sys
 from types import SimpleNamespace
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu.entity import Queue
 
 from config import ConfigError, Settings, load_settings
@@ -23,6 +23,13 @@ from worker.schedules import beat_entries
 _ = logs
 
 TASK_MODULES = ["tasks.runs", "tasks.callbacks", "tasks.maintenance", "tasks.batches"]
+
+#: Hard and soft per-task time limits, s. A task never outlives its message's
+#: visibility timeout: :func:`startup_problems` checks countdown + hard limit.
+TASK_SOFT_TIME_LIMIT = 600
+TASK_TIME_LIMIT = 660
+#: Cold shutdown (SIGQUIT, a second Ctrl-C) first waits this long for running tasks.
+SOFT_SHUTDOWN_TIMEOUT = 30.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -49,6 +56,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": settings.redis_url,
         "broker_transport_options": dict(transport),
         "result_backend_transport_options": dict(transport),
+        # The Redis result backend ignores socket options in its transport
+        # options: it reads the redis_* settings below (celery.backends.redis
+        # RedisBackend.__init__), so they are set again here, explicitly.
+        "redis_socket_timeout": transport["socket_timeout"],
+        "redis_socket_connect_timeout": transport["socket_connect_timeout"],
+        "redis_socket_keepalive": True,
+        "redis_retry_on_timeout": True,
+        "redis_backend_health_check_interval": transport["health_check_interval"],
+        # Result writes retry across a Redis restart instead of failing the task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_channel_error_retry": True,
@@ -63,10 +81,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Countdown tasks are held in worker memory until due; this caps how many
+        # (celery >= 5.5; further ones wait in Redis, not in RAM).
+        "worker_eta_task_limit": settings.worker_eta_task_limit,
+        # On a broker connection loss, let running tasks finish. Cancelling them
+        # (the Celery 6 default) would kill a hatz.submit mid-POST, and its run
+        # would have to become AMBIGUOUS (chaos row "Redis killed and restarted").
+        # Their acks are lost with the connection; the messages stay in the
+        # unacked hash and come back after visibility_timeout with stale tokens.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # SIGTERM is a warm shutdown (running tasks finish, held countdown
+        # messages are restored to their queue). Only a cold shutdown (SIGQUIT)
+        # uses this: it still gives running tasks this long first.
+        "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_TIMEOUT,
         "task_ignore_result": True,
         "result_expires": 86400,
-        "task_soft_time_limit": 600,
-        "task_time_limit": 660,
+        "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
+        "task_time_limit": TASK_TIME_LIMIT,
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "timezone": "UTC",
@@ -79,6 +110,44 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             **beat_entries(settings),
         },
     }
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """Why a worker must not start with ``settings`` (empty when it may).
+
+    A message is redelivered by Redis once unacknowledged for longer than
+    ``visibility_timeout``; a countdown task is unacknowledged from the moment
+    the worker fetches it until it finishes, so the timeout must cover the
+    longest countdown plus the hard task time limit, or a slow task would run
+    twice. (Settings already require twice the longest countdown.)
+    """
+    needed = settings.longest_countdown() + TASK_TIME_LIMIT
+    if settings.visibility_timeout < needed:
+        return [
+            f"HATZ_VISIBILITY_TIMEOUT ({settings.visibility_timeout} s) must be at least the "
+            f"longest countdown plus the task time limit ({needed:.0f} s), or a task still "
+            "running would be redelivered and run twice"
+        ]
+    return []
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """At worker start: refuse an unsafe configuration, apply the kombu workaround."""
+    from worker import kombu_fixes
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"hatz-worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    problems = startup_problems(settings)
+    if problems:
+        print(f"hatz-worker: refusing to start: {problems[0]}", file=sys.stderr)
+        raise SystemExit(2)
+    kombu_fixes.apply()
+
+
+signals.worker_init.connect(_on_worker_init, weak=False)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -92,6 +92,8 @@ _INT_FIELDS = frozenset(
         "number_of_steps",
         "callback_seq",
         "callback_token",
+        "internal_errors",
+        "sweeper_rearms",
     }
 )
 _BOOL_FIELDS = frozenset({"is_draft_app", "submit_inflight"})
@@ -284,15 +286,16 @@ class Ledger:
         *,
         idempotency_key: str | None = None,
         params_fingerprint: str = "",
-        first_due_in: float = 60.0,
+        first_due_in: float = 0.0,
         run_id: str | None = None,
     ) -> tuple[str, bool]:
         """Create a QUEUED run; return ``(run_id, created)``.
 
         With an ``idempotency_key`` seen before, return the existing run id and
         ``created=False`` when the parameters match, else raise
-        :class:`IdempotencyConflictError`. ``first_due_in``: when the sweeper may
-        assume the first task was lost.
+        :class:`IdempotencyConflictError`. ``first_due_in``: when the first task
+        is due; the sweeper re-arms the run if it is still QUEUED
+        ``HATZ_SWEEP_GRACE`` seconds later (the publish may have been lost).
         """
         run_id = run_id or uuid.uuid4().hex
         now = self.clock()
@@ -361,12 +364,29 @@ class Ledger:
         )
         return [_str(i) for i in ids]
 
-    def due(self, before: float, *, limit: int = 500) -> list[tuple[str, float]]:
-        """Non-terminal runs whose ``next_at`` is earlier than ``before``."""
+    def due(self, before: float, *, limit: int = 500, offset: int = 0) -> list[tuple[str, float]]:
+        """Scheduled runs whose ``next_at`` is earlier than ``before``, soonest first."""
         rows = self.redis.zrangebyscore(
-            self.keys.schedule, "-inf", before, start=0, num=limit, withscores=True
+            self.keys.schedule, "-inf", before, start=offset, num=limit, withscores=True
         )
         return [(_str(row[0]), float(row[1])) for row in rows]
+
+    def note_error(self, run_id: str, message: str) -> int:
+        """Record an unexpected task error on a run; return its count (0 if no such run).
+
+        Only ``last_error`` and the ``internal_errors`` counter change; the run's
+        state and token do not, so the sweeper re-arms it as for a lost task.
+        """
+        run = self.get(run_id)
+        if run is None:
+            return 0
+        count = int(run.get("internal_errors") or 0) + 1
+        result = self.cas(
+            run_id,
+            states=None,
+            fields={"last_error": message[:500], "internal_errors": count},
+        )
+        return count if result else 0
 
     # --- compare-and-set ----------------------------------------------------------
 
@@ -426,6 +446,24 @@ class Ledger:
             record = Run.from_hash(_pairs([_str(x) for x in result[3]]))
         return CasResult(True, int(result[1]), _str(result[2]), record)
 
+    def cas_durable(self, within: float, **kwargs: Any) -> CasResult:
+        """:meth:`cas`, retried across a Redis outage for up to ``within`` seconds.
+
+        For the one write that must not be lost to a Redis blip: a job id the
+        API just returned exists nowhere else. Raises the last connection error
+        when Redis is still away at the deadline.
+        """
+        deadline = time.monotonic() + within
+        delay = 0.05
+        while True:
+            try:
+                return self.cas(**kwargs)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     def claim(
         self,
         run_id: str,
@@ -439,8 +477,10 @@ class Ledger:
         """Claim a run for one task: bump its token and hold it for ``lease`` seconds.
 
         Returns the record (with the new token) or None when the message is
-        stale, duplicated, or the run is in another state.
+        stale, duplicated, or the run is in another state. Stamps ``claimed_at``:
+        the sweeper's stall detection reads it as "a task last worked on this run".
         """
+        stamp = {"claimed_at": self.clock()} if token_field == "token" else {}
         result = self.cas(
             run_id,
             states=states,
@@ -448,7 +488,7 @@ class Ledger:
             token_field=token_field,
             bump_token=True,
             next_at=self.clock() + lease,
-            fields=fields,
+            fields={**stamp, **(fields or {})},
             return_record=True,
         )
         return result.record if result else None

@@ -68,6 +68,7 @@ class LocalRedis:
         appendonly: bool = False,
         directory: str | None = None,
         extra_args: Sequence[str] = (),
+        appendfsync: str = "everysec",
     ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError(REDIS_INSTALL_HINT)
@@ -76,6 +77,9 @@ class LocalRedis:
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="hatz-redis-")
         self.extra_args = list(extra_args)
+        # "always" fsyncs every write before answering: a SIGKILLed Redis loses
+        # nothing it acknowledged (README "Reliability": required Redis config).
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +102,7 @@ class LocalRedis:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--maxmemory-policy",
             "noeviction",
             "--protected-mode",
@@ -192,6 +196,8 @@ class CeleryProcess:
         }
         env.update(settings_env(self.settings))
         env["PYTHONUNBUFFERED"] = "1"
+        if self._log is not None:  # restarted after a crash
+            self._log.close()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             self.command(),
@@ -265,6 +271,40 @@ class CeleryProcess:
         self.stop()
 
 
+class Supervisor:
+    """Restarts a :class:`CeleryProcess` that exits on its own, like compose's
+    ``restart: unless-stopped``: the supervising restart policy a deployment
+    needs (README "Reliability"). Used by the chaos suite and the demo."""
+
+    def __init__(self, process: CeleryProcess, *, interval: float = 0.2) -> None:
+        import threading
+
+        self.process = process
+        self.interval = interval
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> Supervisor:
+        """Start the process and watch it."""
+        self.process.start()
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            proc = self.process.process
+            if proc is not None and proc.poll() is not None and not self._stop.is_set():
+                self.restarts += 1
+                self.process.start()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Stop watching, then stop the process; its exit code."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.process.stop(timeout)
+
+
 class CallbackReceiver:
     """A loopback HTTP server that records every callback it receives.
 
@@ -278,6 +318,8 @@ class CallbackReceiver:
 
         self.deliveries: list[dict[str, object]] = []
         self.responses: list[int] = []
+        #: While True every request is answered 503 (a flapping receiver).
+        self.failing = False
         self._lock = threading.Lock()
         receiver = self
 
@@ -289,6 +331,8 @@ class CallbackReceiver:
                 body = self.rfile.read(length)
                 with receiver._lock:
                     status = receiver.responses.pop(0) if receiver.responses else 200
+                    if receiver.failing:
+                        status = 503
                     receiver.deliveries.append(
                         {
                             "at": time.time(),

@@ -78,9 +78,7 @@ def jittered(ctx: Context, seconds: float) -> float:
 
 def _lease(ctx: Context) -> float:
     """How long one task may hold a run before the sweeper may assume it died."""
-    s = ctx.settings
-    http = (s.http_connect_timeout + s.http_read_timeout) * (s.http_retries + 1)
-    return http + s.http_retry_max_delay * s.http_retries + 30.0
+    return ctx.settings.task_lease()
 
 
 def _retry_delay(ctx: Context, attempt: int, exc: HatzError | None = None) -> float:
@@ -334,8 +332,10 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         breaker.record_success(ctx)
     first = jittered(ctx, ctx.settings.poll_initial_delay)
     now = ctx.clock()
-    ok = ctx.ledger.cas(
-        run_id,
+    # The job id exists only in this process now: outlast a Redis blip to record it.
+    ok = ctx.ledger.cas_durable(
+        _lease(ctx),
+        run_id=run_id,
         states=PRE_SUBMIT_STATES,
         token=token,
         to=RunState.SUBMITTED,

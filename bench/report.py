@@ -67,6 +67,17 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f" + fake {tp['fake_cpu_cores']:.2f} cores",
         )
     )
+    for other in r.get("poll_throughput_pools", []):
+        out.append(
+            (
+                "2 polls",
+                f"{other['pool']} pool, c={other['concurrency']}: sustained polls/s",
+                _num(other["polls_per_s"], 0, " polls/s"),
+                _num(tp["polls_per_s"], 0, " polls/s (prefork c=2)"),
+                _ratio(other["polls_per_s"], tp["polls_per_s"]),
+                f"{other['worker_cpu_ms_per_poll'] or 0:.2f} ms worker CPU/poll",
+            )
+        )
     for key, label in (("big", "3 in flight"), ("fast", "3 in flight")):
         x = r["inflight"][key]
         name = f"{x['runs']:,} runs @ {x['interval_s']:g} s ({x['offered_polls_per_s']:.0f}/s)"
@@ -199,7 +210,8 @@ def _inflight_rows(label: str, name: str, x: dict[str, Any]) -> list[Row]:
             _num(x["worker_rss_mb"], 0, " MB"),
             _num(x["worker_rss_idle_mb"], 0, " MB idle"),
             _ratio(x["worker_rss_mb"], x["worker_rss_idle_mb"], 1),
-            _goal("≤ 300 MB", x["worker_rss_mb"] <= 300),
+            _goal("≤ 300 MB", x["worker_rss_mb"] <= 300)
+            + f" (PSS {_num(x.get('worker_pss_mb'), 0, ' MB')})",
         ),
         (
             label,

@@ -35,6 +35,7 @@ class Plan:
     throughput_runs: int
     throughput_interval: float
     throughput_window: float
+    throughput_pools: tuple[tuple[str, int], ...]  # other pools to compare with prefork c=2
     big: tuple[int, float, float]  # runs, interval, window: "10k in flight @ 60 s"
     fast: tuple[int, float, float]  # "1k polling every 5 s"
     knee_rates: tuple[int, ...]  # polls/s, at the fast interval
@@ -49,18 +50,19 @@ class Plan:
 
 FULL = Plan(
     mode="full",
-    noop_tasks=6000,
-    first_poll_runs=3000,
+    noop_tasks=5000,
+    first_poll_runs=2000,
     concurrencies=(1, 2, 4),
     throughput_runs=3000,
     throughput_interval=2.0,
-    throughput_window=20.0,
-    big=(10_000, 60.0, 75.0),
+    throughput_window=15.0,
+    throughput_pools=(("threads", 8), ("prefork", 4)),
+    big=(10_000, 60.0, 60.0),
     fast=(1_000, 5.0, 30.0),
     knee_rates=(300, 400, 500, 650, 800, 1000),
     knee_window=20.0,
     scale=((1_000, 6.0), (50_000, 300.0)),
-    scale_window=45.0,
+    scale_window=30.0,
     lateness_concurrencies=(1, 4),
     naive=(12, 5.0, 1.0),
     detection=(100, 3.5, 1.0, 5.0),
@@ -74,6 +76,7 @@ QUICK = Plan(
     throughput_runs=200,
     throughput_interval=0.5,
     throughput_window=3.0,
+    throughput_pools=(),
     big=(300, 6.0, 4.0),
     fast=(100, 1.0, 3.0),
     knee_rates=(150,),
@@ -82,7 +85,7 @@ QUICK = Plan(
     scale_window=3.0,
     lateness_concurrencies=(),
     naive=(4, 1.0, 0.5),
-    detection=(10, 1.5, 0.5, 0.5),
+    detection=(10, 1.25, 0.5, 0.5),
 )
 
 
@@ -127,6 +130,19 @@ def run(plan: Plan, log: Any = sys.stderr) -> dict[str, Any]:
         results["poll_throughput"] = scenarios.poll_throughput(
             b, plan.throughput_runs, plan.throughput_interval, plan.throughput_window
         )
+        results["poll_throughput_pools"] = []
+        for pool, c in plan.throughput_pools:
+            step(f"sustained poll throughput, {pool} pool, concurrency {c}")
+            results["poll_throughput_pools"].append(
+                scenarios.poll_throughput(
+                    b,
+                    plan.throughput_runs,
+                    plan.throughput_interval,
+                    plan.throughput_window,
+                    c,
+                    pool,
+                )
+            )
 
         step(f"in flight: {plan.big[0]} runs every {plan.big[1]:g} s")
         big = scenarios.inflight(b, *plan.big)

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,15 @@ from typing import Any
 from celery import Celery
 
 from bench import apps as bench_apps
-from bench.stack import API_KEY, FakeServer, Worker, cpu_seconds, load_average, rss_bytes
+from bench.stack import (
+    API_KEY,
+    FakeServer,
+    Worker,
+    cpu_seconds,
+    load_average,
+    pss_bytes,
+    rss_bytes,
+)
 from config import Settings
 from worker import task_names
 from worker.api import enqueue_run
@@ -30,6 +39,7 @@ from worker.local_stack import CallbackReceiver, LocalRedis
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PIPELINE_QUEUES = list(task_names.ALL_QUEUES)
+_SEED_THREADS = 4
 LONG_JOB = 36_000.0  # seconds: "many minutes", so in-flight runs never finish in the window
 
 
@@ -236,31 +246,37 @@ def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
     job_ids = b.fake.create_jobs(app_id, n)
     ledger = b.ctx.ledger
     fields = {"app_id": app_id, "inputs": {}, "files": {}, "callback_url": "", "metadata": {}}
-    run_ids = [ledger.create(fields, first_due_in=interval + 60)[0] for _ in job_ids]
-    with b.celery.producer_or_acquire() as producer:
-        for run_id, job_id in zip(run_ids, job_ids, strict=True):
-            countdown = random.uniform(0, interval)
-            now = time.time()
-            ledger.cas(
-                run_id,
-                states=PRE_SUBMIT_STATES,
-                token=0,
-                to=RunState.RUNNING,
-                next_at=now + countdown,
-                fields={
-                    "job_id": job_id,
-                    "submit_attempts": 1,
-                    "submitted_at": now,
-                    "poll_interval": interval,
-                    "due_at": now + countdown,
-                    "hatz_status": "running",
-                    "steps_done": 0,
-                },
-            )
-            b.celery.send_task(
-                task_names.POLL, args=[run_id, 0], countdown=countdown, producer=producer
-            )
-    return run_ids
+
+    def seed(jobs: list[str]) -> list[str]:
+        run_ids = [ledger.create(fields, first_due_in=interval + 60)[0] for _ in jobs]
+        with b.celery.producer_or_acquire() as producer:
+            for run_id, job_id in zip(run_ids, jobs, strict=True):
+                countdown = random.uniform(0, interval)
+                now = time.time()
+                ledger.cas(
+                    run_id,
+                    states=PRE_SUBMIT_STATES,
+                    token=0,
+                    to=RunState.RUNNING,
+                    next_at=now + countdown,
+                    fields={
+                        "job_id": job_id,
+                        "submit_attempts": 1,
+                        "submitted_at": now,
+                        "poll_interval": interval,
+                        "due_at": now + countdown,
+                        "hatz_status": "running",
+                        "steps_done": 0,
+                    },
+                )
+                b.celery.send_task(
+                    task_names.POLL, args=[run_id, 0], countdown=countdown, producer=producer
+                )
+        return run_ids
+
+    parts = [job_ids[i::_SEED_THREADS] for i in range(_SEED_THREADS)]
+    with ThreadPoolExecutor(_SEED_THREADS) as pool:
+        return [run_id for part in pool.map(seed, parts) for run_id in part]
 
 
 class LatenessSampler:
@@ -302,9 +318,14 @@ def inflight(
     window: float,
     concurrency: int = 2,
     pool: str = "prefork",
+    settle: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """``n`` runs in flight polling every ``interval`` s: RSS, Redis, lateness, CPU."""
+    """``n`` runs in flight polling every ``interval`` s: RSS, Redis, lateness, CPU.
+
+    ``settle``: start measuring once the worker has taken every seeded poll task
+    from the queue (off when the point is to overload it).
+    """
     b.reset()
     worker = b.start_worker(concurrency, pool=pool, **overrides)
     try:
@@ -315,17 +336,26 @@ def inflight(
         seed_started = time.monotonic()
         run_ids = seed_running(b, app_id, n, interval)
         seed_seconds = time.monotonic() - seed_started
+        # Publishing 10k countdowns outruns the worker's intake: the ones due before it
+        # has taken them all from the queue are late because of the seeding, not the
+        # steady state. Measure only after the queue is drained.
+        # (An overloaded worker never drains it: give up after n/200 s.)
+        deadline = time.monotonic() + (max(10.0, n / 200) if settle else 0.0)
+        while b.ctx.redis.llen(task_names.QUEUE_POLL) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ingest_seconds = time.monotonic() - seed_started - seed_seconds
         sampler = LatenessSampler(b, run_ids)
         sampler.snapshot(record=False)
         pids = worker.pids()
         cpu0 = (cpu_seconds(pids), cpu_seconds(b.redis_pid()), cpu_seconds(b.fake_pid()))
         status0, t0 = b.fake.calls("status"), time.monotonic()
         period = min(10.0, max(0.5, interval / 3))
-        rss_peak = 0
+        rss_peak = pss_peak = 0
         while time.monotonic() - t0 < window:
             time.sleep(min(period, max(0.0, window - (time.monotonic() - t0))))
             sampler.snapshot()
             rss_peak = max(rss_peak, rss_bytes(worker.pids()))
+            pss_peak = max(pss_peak, pss_bytes(worker.pids()))
         elapsed = time.monotonic() - t0
         status1 = b.fake.calls("status")
         cpu1 = (cpu_seconds(pids), cpu_seconds(b.redis_pid()), cpu_seconds(b.fake_pid()))
@@ -342,6 +372,7 @@ def inflight(
         "pool": pool,
         "window_s": round(elapsed, 1),
         "seed_s": round(seed_seconds, 1),
+        "intake_s": round(ingest_seconds, 1),
         "offered_polls_per_s": n / interval,
         "polls_per_s": polls / elapsed,
         "lateness_samples": len(sampler.samples),
@@ -350,6 +381,7 @@ def inflight(
         "lateness_max_s": max(sampler.samples, default=None),
         "worker_rss_mb": rss_peak / 2**20,
         "worker_rss_idle_mb": rss_idle / 2**20,
+        "worker_pss_mb": pss_peak / 2**20,
         "redis_bytes_per_run": (mem1 - mem0) / n,
         "ledger_hash_bytes": one_run,
         "worker_cpu_cores": (cpu1[0] - cpu0[0]) / elapsed,
@@ -377,7 +409,7 @@ def poll_throughput(
     b: Bench, n: int, interval: float, window: float, concurrency: int = 2, pool: str = "prefork"
 ) -> dict[str, Any]:
     """Offer more polls than the worker can do and count what it does."""
-    result = inflight(b, n, interval, window, concurrency, pool)
+    result = inflight(b, n, interval, window, concurrency, pool, settle=False)
     return {
         "runs": n,
         "pool": pool,

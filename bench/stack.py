@@ -184,6 +184,19 @@ def rss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
+def pss_bytes(pids: Sequence[int]) -> int:
+    """Sum of proportional set size over ``pids``: shared pages counted once overall."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except (FileNotFoundError, PermissionError):
+            continue
+    return total
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds used so far by ``pids``."""
     total = 0

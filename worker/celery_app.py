@@ -98,7 +98,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": 86400,
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
         "task_time_limit": TASK_TIME_LIMIT,
-        "worker_send_task_events": True,
+        # Task events cost the worker's main process three Redis round trips per task
+        # (over a quarter of its CPU per poll, see README "Performance"). Off by default:
+        # `celery worker -E`, or Flower (which enables them remotely), turns them on.
+        "worker_send_task_events": False,
         "task_send_sent_event": False,
         "timezone": "UTC",
         "enable_utc": True,

@@ -8,25 +8,22 @@ import csv
 import itertools
 import json
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import standardwebhooks
-from celery import Celery
 
-from config import Settings
-from tests.conftest import API_KEY, make_settings
+from tests.conftest import API_KEY
+from tests.stack import Stack, running_stack
 from worker import breaker, task_names
 from worker.batches import list_batches
 from worker.batches_api import batch_results, enqueue_batch, wait_for_batch
-from worker.celery_app import create_app, publish
+from worker.celery_app import publish
 from worker.cli import main
-from worker.context import Context
-from worker.fake_hatz import FakeApp, FakeHatz, FakeInput, FakeStep
-from worker.local_stack import CallbackReceiver, CeleryProcess, LocalRedis, wait_until
+from worker.fake_hatz import FakeInput, FakeStep
+from worker.local_stack import CeleryProcess, wait_until
 from worker.pipeline import Next
 from worker.schedules import schedule_state
 
@@ -60,39 +57,7 @@ WORKER_SETTINGS: dict[str, Any] = {
 }
 
 
-class Stack:
-    def __init__(self, redis: LocalRedis, fake: FakeHatz, receiver: CallbackReceiver) -> None:
-        self.redis = redis
-        self.fake = fake
-        self.receiver = receiver
-        self.values = {**WORKER_SETTINGS, "redis_url": redis.url, "base_url": fake.url}
-        self.settings: Settings = make_settings(**self.values)
-        self.worker = CeleryProcess(
-            {**self.values, "api_key": API_KEY},
-            args=[
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "4",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        )
-        self.context = Context.from_settings(self.settings)
-        self.celery: Celery = create_app(self.settings)
-
-    def app(self, **kwargs: Any) -> FakeApp:
-        kwargs.setdefault("id", str(uuid.uuid4()))
-        kwargs.setdefault("name", "batch app")
-        kwargs.setdefault("duration", 0.3)
-        kwargs.setdefault("pending_seconds", 0.05)
-        kwargs.setdefault("user_inputs", [FakeInput("topic", required=True)])
-        kwargs.setdefault("steps", [FakeStep(output_type="dump"), FakeStep(output_type="document")])
-        return self.fake.add_app(FakeApp(**kwargs))
-
-    def calls(self, endpoint: str, app_id: str) -> list[dict[str, Any]]:
-        return [c for c in self.fake.calls(endpoint=endpoint) if c.get("app_id") == app_id]
-
+class BatchStack(Stack):
     def batch_deliveries(self, batch_id: str) -> list[dict[str, Any]]:
         out = []
         for delivery in self.receiver.successful():
@@ -101,24 +66,26 @@ class Stack:
                 out.append(delivery)
         return out
 
+    def calls(self, endpoint: str, app_id: str | None = None) -> list[dict[str, Any]]:
+        return [c for c in self.fake.calls(endpoint=endpoint) if c.get("app_id") == app_id]
+
+
+APP_DEFAULTS: dict[str, Any] = {
+    "name": "batch app",
+    "duration": 0.3,
+    "pending_seconds": 0.05,
+    "user_inputs": [FakeInput("topic", required=True)],
+    "steps": [FakeStep(output_type="dump"), FakeStep(output_type="document")],
+}
+
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with (
-        LocalRedis() as redis,
-        FakeHatz(api_key=API_KEY, port=0) as fake,
-        CallbackReceiver() as receiver,
-    ):
-        s = Stack(redis, fake, receiver)
-        s.worker.start()
-        try:
-            s.worker.wait_ready()
-            yield s
-        finally:
-            code = s.worker.stop()
-            print(s.worker.log_text()[-4000:])
-            s.context.client.close()
-            assert code == 0, "the worker did not shut down cleanly"
+def stack() -> Iterator[BatchStack]:
+    with running_stack(
+        BatchStack, values=WORKER_SETTINGS, concurrency=4, app_defaults=APP_DEFAULTS
+    ) as s:
+        assert isinstance(s, BatchStack)
+        yield s
 
 
 def topics_csv(path: Path, rows: int) -> Path:
@@ -140,7 +107,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def test_a_200_row_batch_never_exceeds_max_in_flight_and_calls_back_once(
-    stack: Stack, tmp_path: Path
+    stack: BatchStack, tmp_path: Path
 ) -> None:
     # Given a 200-row CSV and a batch limited to 10 runs in flight
     app = stack.app()
@@ -192,7 +159,7 @@ def test_a_200_row_batch_never_exceeds_max_in_flight_and_calls_back_once(
 
 
 def test_a_credit_overage_mid_batch_pauses_submits_and_loses_nothing(
-    stack: Stack, tmp_path: Path
+    stack: BatchStack, tmp_path: Path
 ) -> None:
     # Given a batch under way
     app = stack.app()
@@ -239,7 +206,7 @@ def test_a_credit_overage_mid_batch_pauses_submits_and_loses_nothing(
 
 
 def test_bad_rows_are_reported_with_row_numbers_and_nothing_is_submitted(
-    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: BatchStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = stack.app()
     source = tmp_path / "rows.csv"
@@ -262,7 +229,7 @@ def test_bad_rows_are_reported_with_row_numbers_and_nothing_is_submitted(
 
 
 def test_a_schedule_fires_on_its_interval_and_not_twice_across_a_beat_restart(
-    stack: Stack,
+    stack: BatchStack,
 ) -> None:
     stack.app(id=SCHEDULED_APP)
     key = stack.context.keys.schedule_state("tick")

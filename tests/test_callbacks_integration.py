@@ -8,7 +8,6 @@ import json
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,26 +15,23 @@ from typing import Any
 import pytest
 import redis as redis_lib
 import standardwebhooks
-from celery import Celery
 
-from config import Settings
-from tests.conftest import API_KEY, make_settings
+from tests.conftest import API_KEY
+from tests.stack import Stack, running_stack
 from worker import events
-from worker.api import enqueue_run, wait_for_run
 from worker.callbacks import failed_callbacks
-from worker.celery_app import create_app, publish
+from worker.celery_app import publish
 from worker.cli import main
 from worker.context import Context
-from worker.fake_hatz import FakeApp, FakeHatz, FakeStep
-from worker.ledger import Run, RunState
-from worker.local_stack import CallbackReceiver, CeleryProcess, LocalRedis, wait_until
+from worker.fake_hatz import FakeStep
+from worker.ledger import RunState
+from worker.local_stack import wait_until
 from worker.sweeper import sweep
 
 pytestmark = pytest.mark.integration
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
-QUIET_WORKER = ["--without-gossip", "--without-mingle"]
 WORKER_SETTINGS: dict[str, Any] = {
     "poll_initial_delay": 0.2,
     "poll_interval": 0.2,
@@ -142,71 +138,16 @@ class RedisRecorder:
         return found
 
 
-class Stack:
-    def __init__(self, redis: LocalRedis, fake: FakeHatz, receiver: CallbackReceiver) -> None:
-        self.redis = redis
-        self.fake = fake
-        self.receiver = receiver
-        self.values = {**WORKER_SETTINGS, "redis_url": redis.url, "base_url": fake.url}
-        self.settings: Settings = make_settings(**self.values)
-        self.context = Context.from_settings(self.settings)
-        self.celery: Celery = create_app(self.settings)
-        self.worker = self.new_worker()
-        self.logs: list[str] = []
-
-    def new_worker(self) -> CeleryProcess:
-        return CeleryProcess(
-            {**self.values, "api_key": API_KEY},
-            args=["--pool", "prefork", "--concurrency", "2", *QUIET_WORKER],
-        )
-
-    def restart_worker(self) -> None:
-        self.worker.stop()
-        self.logs.append(self.worker.log_text())
-        self.worker = self.new_worker().start()
-        self.worker.wait_ready()
-
-    def app(self, **kwargs: Any) -> FakeApp:
-        kwargs.setdefault("id", str(uuid.uuid4()))
-        kwargs.setdefault("name", "callback test app")
-        kwargs.setdefault("duration", 0.6)
-        kwargs.setdefault("pending_seconds", 0.1)
-        kwargs.setdefault("steps", [FakeStep(output_type="dump"), FakeStep(output_type="document")])
-        return self.fake.add_app(FakeApp(**kwargs))
-
-    def enqueue(self, app_id: str, **kw: Any) -> str:
-        return enqueue_run(app_id, {}, context=self.context, celery=self.celery, **kw)
-
-    def wait(self, run_id: str, timeout: float = 30) -> Run:
-        return wait_for_run(run_id, timeout=timeout, interval=0.05, context=self.context)
-
-    def callback_state(self, run_id: str) -> str:
-        return str(self.context.ledger.require(run_id).get("callback_state") or "")
-
-    def received(self, run_id: str) -> list[dict[str, Any]]:
-        """Every request the receiver got for this run, answered with any status."""
-        with self.receiver._lock:
-            deliveries = list(self.receiver.deliveries)
-        return [d for d in deliveries if json.loads(d["body"])["data"]["run_id"] == run_id]  # type: ignore[arg-type]
+APP_DEFAULTS: dict[str, Any] = {
+    "name": "callback test app",
+    "steps": [FakeStep(output_type="dump"), FakeStep(output_type="document")],
+}
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with (
-        LocalRedis() as redis,
-        FakeHatz(api_key=API_KEY, port=0) as fake,
-        CallbackReceiver() as receiver,
-    ):
-        s = Stack(redis, fake, receiver)
-        s.worker.start()
-        try:
-            s.worker.wait_ready()
-            yield s
-        finally:
-            code = s.worker.stop()
-            print(s.worker.log_text()[-4000:])
-            s.context.client.close()
-            assert code == 0, "the worker did not shut down cleanly"
+    with running_stack(values=WORKER_SETTINGS, app_defaults=APP_DEFAULTS) as s:
+        yield s
 
 
 def _verify_all(deliveries: list[dict[str, Any]]) -> None:

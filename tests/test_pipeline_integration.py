@@ -16,15 +16,12 @@ import requests
 import standardwebhooks
 from celery import Celery
 
-from config import Settings
-from tests.conftest import API_KEY, make_settings
+from tests.stack import Stack, running_stack
 from worker import task_names
-from worker.api import enqueue_run, wait_for_run
-from worker.celery_app import create_app, publish
-from worker.context import Context
-from worker.fake_hatz import FakeApp, FakeHatz, FakeInput, FakeStep, FaultConfig
-from worker.ledger import Run, RunState
-from worker.local_stack import CallbackReceiver, CeleryProcess, LocalRedis, wait_until
+from worker.celery_app import publish
+from worker.fake_hatz import FakeInput, FakeStep, FaultConfig
+from worker.ledger import RunState
+from worker.local_stack import wait_until
 from worker.pipeline import Next
 
 pytestmark = pytest.mark.integration
@@ -50,69 +47,10 @@ WORKER_SETTINGS: dict[str, Any] = {
 }
 
 
-class Stack:
-    def __init__(self, redis: LocalRedis, fake: FakeHatz, receiver: CallbackReceiver) -> None:
-        self.redis = redis
-        self.fake = fake
-        self.receiver = receiver
-        values = {**WORKER_SETTINGS, "redis_url": redis.url, "base_url": fake.url}
-        self.settings: Settings = make_settings(**values)
-        self.worker = CeleryProcess(
-            {**values, "api_key": API_KEY},
-            args=[
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        )
-        self.context = Context.from_settings(self.settings)
-        self.celery: Celery = create_app(self.settings)
-
-    def app(self, **kwargs: Any) -> FakeApp:
-        kwargs.setdefault("id", str(uuid.uuid4()))
-        kwargs.setdefault("name", "test app")
-        kwargs.setdefault("duration", 0.6)
-        kwargs.setdefault("pending_seconds", 0.1)
-        return self.fake.add_app(FakeApp(**kwargs))
-
-    def enqueue(self, app_id: str, inputs: dict[str, Any] | None = None, **kw: Any) -> str:
-        return enqueue_run(app_id, inputs or {}, context=self.context, celery=self.celery, **kw)
-
-    def wait(self, run_id: str, timeout: float = 30) -> Run:
-        return wait_for_run(run_id, timeout=timeout, interval=0.05, context=self.context)
-
-    def calls(self, endpoint: str, app_id: str | None = None) -> list[dict[str, Any]]:
-        calls = self.fake.calls(endpoint=endpoint)
-        return [c for c in calls if app_id is None or c.get("app_id") == app_id]
-
-    def deliveries_for(self, run_id: str) -> list[dict[str, Any]]:
-        return [
-            d
-            for d in self.receiver.successful()
-            if json.loads(d["body"])["data"]["run_id"] == run_id  # type: ignore[arg-type]
-        ]
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with (
-        LocalRedis() as redis,
-        FakeHatz(api_key=API_KEY, port=0) as fake,
-        CallbackReceiver() as receiver,
-    ):
-        s = Stack(redis, fake, receiver)
-        s.worker.start()
-        try:
-            s.worker.wait_ready()
-            yield s
-        finally:
-            code = s.worker.stop()
-            print(s.worker.log_text()[-4000:])
-            s.context.client.close()
-            assert code == 0, "the worker did not shut down cleanly"
+    with running_stack(values=WORKER_SETTINGS) as s:
+        yield s
 
 
 def test_file_upload_run_completes_with_documents_and_one_signed_callback(

@@ -172,9 +172,12 @@ class Settings(BaseSettings):
         description="Unexpected task errors on one run before the sweeper fails it.",
     )
     worker_eta_task_limit: int = Field(
-        default=10_000,
+        default=100_000,
         ge=1,
-        description="Countdown tasks one worker holds in memory at most (worker_eta_task_limit).",
+        description=(
+            "Countdown tasks one worker holds in memory at most (worker_eta_task_limit); "
+            "keep it above the runs in flight per worker, or polls wait in Redis and run late."
+        ),
     )
 
     # --- Batches, schedules, breaker, API budget ---------------------------------

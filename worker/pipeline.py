@@ -314,9 +314,8 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
     except HatzCreditOverageError as exc:
         breaker.record_overage(ctx, _short(exc))
         return _reschedule_submit(ctx, run, token, exc)
-    except (HatzConnectError, HatzRateLimitError) as exc:
-        return _reschedule_submit(ctx, run, token, exc)
-    except HatzAuthError as exc:
+    except (HatzConnectError, HatzRateLimitError, HatzAuthError) as exc:
+        # Nothing was created: wait and try again (an auth failure waits for a fixed key).
         return _reschedule_submit(ctx, run, token, exc)
     except (HatzValidationError, HatzNotFoundError) as exc:
         return finish(ctx, run_id, token, RunState.REJECTED, error=f"submit refused: {exc.detail}")

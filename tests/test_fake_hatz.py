@@ -40,6 +40,7 @@ from worker.fake_hatz import (
 )
 from worker.fake_hatz.body import PayloadTooLarge
 from worker.fake_hatz.multipart import MultipartError, parse_multipart
+from worker.local_stack import wait_until
 
 API_KEY = "test-key"
 T0 = 1_736_935_200.0  # 2025-01-15T10:00:00Z, the instant of the documentation's example
@@ -47,17 +48,6 @@ PENDING = 0.2
 DURATION = 0.6  # Topic Brief: three steps of 0.2 s
 REPO = Path(__file__).resolve().parents[1]
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -466,7 +456,7 @@ def test_job_completes_on_the_real_clock() -> None:
             seen.append(poll(api, fake, job_id)["status"])
             return seen[-1] == "complete"
 
-        wait_until(done, what="job completion")
+        wait_until(done, timeout=5.0, message="job completion")
 
     order = ["pending", "running", "complete"]
     assert [order.index(s) for s in seen] == sorted(order.index(s) for s in seen)
@@ -827,7 +817,7 @@ def test_stop_returns_promptly_while_a_request_hangs(fake: FakeHatz) -> None:
 
     thread = threading.Thread(target=client)
     thread.start()
-    wait_until(lambda: bool(fake.calls()), what="the hung request")
+    wait_until(lambda: bool(fake.calls()), timeout=5.0, message="the hung request")
     started = time.monotonic()
 
     fake.stop()

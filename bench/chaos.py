@@ -51,6 +51,7 @@ CHAOS_SETTINGS: dict[str, Any] = {
     "poll_backoff": 1.0,
     "poll_jitter": 0.1,
     "overage_pause": 0.5,
+    "breaker_max_backoff": 2.0,  # compressed like every other timing here
     "http_connect_timeout": 0.5,
     "http_read_timeout": 1.0,
     "http_retries": 1,

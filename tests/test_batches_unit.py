@@ -317,6 +317,19 @@ def test_a_batch_key_resumes_without_resubmitting_completed_rows(
 # --- breaker -----------------------------------------------------------------------------------
 
 
+def test_overages_of_submits_already_in_flight_do_not_double_the_backoff(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, _, clock = harness(overage_pause=10.0, breaker_max_backoff=600.0)
+
+    backoffs = [breaker.record_overage(ctx, "429") for _ in range(5)]  # five at once
+    clock.now += 10.0
+    probe = breaker.allow_submit(ctx)
+
+    assert backoffs == [10.0] * 5
+    assert probe.probe
+
+
 def test_breaker_opens_on_overage_lets_one_probe_through_and_closes_on_success(
     harness: Callable[..., Harness],
 ) -> None:
@@ -334,7 +347,9 @@ def test_breaker_opens_on_overage_lets_one_probe_through_and_closes_on_success(
     assert probe.allowed
     assert probe.probe
     assert not second.allowed
-    assert breaker.record_overage(ctx, "429") == 20.0  # backoff doubles
+    assert breaker.record_overage(ctx, "429") == 20.0  # the probe failed: backoff doubles
+    clock.now += 20.0
+    assert breaker.allow_submit(ctx).probe
     assert breaker.record_overage(ctx, "429") == 25.0  # up to the maximum
     assert breaker.record_success(ctx)
     assert breaker.allow_submit(ctx) == breaker.Decision(True)

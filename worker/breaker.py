@@ -46,11 +46,15 @@ return {1, 'probe'}
 # Returns {opened (1 if it was closed), backoff seconds}.
 _TRIP = """
 local was = redis.call('HGET', KEYS[1], 'state')
-local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') + 1
-local backoff = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ (failures - 1))
 local now = tonumber(ARGV[1])
--- Many submits can see the same overage at once: only extend, never shorten.
-local reopen = math.max(now + backoff, tonumber(redis.call('HGET', KEYS[1], 'until') or '0'))
+local current = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+-- Submits already in flight when the breaker opened see the same overage: they
+-- must not double the backoff. Only a failure after the pause (a probe) does.
+if was ~= 'open' or now >= current then failures = failures + 1 end
+local backoff = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ (math.max(failures, 1) - 1))
+-- Only extend, never shorten.
+local reopen = math.max(now + backoff, current)
 redis.call('HSET', KEYS[1], 'state', 'open', 'failures', failures, 'until', tostring(reopen),
   'probe_until', '0', 'last_error', ARGV[4], 'last_overage_at', ARGV[1])
 if was ~= 'open' then

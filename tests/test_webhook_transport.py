@@ -15,7 +15,11 @@ import pytest
 from worker.ssrf import Target
 from worker.webhook_transport import DeliveryError, post
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+pytestmark = pytest.mark.skipif(
+    shutil.which("openssl") is None,
+    reason="needs the openssl command to make a test certificate "
+    "(apt-get install openssl / brew install openssl)",
+)
 
 
 class TLSReceiver:

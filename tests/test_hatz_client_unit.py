@@ -292,3 +292,17 @@ def test_timeouts_are_always_set() -> None:
     client, _, _ = client_with([])
 
     assert client.timeout == (5.0, 30.0)
+
+
+def test_proxy_settings_are_read_from_the_environment_once_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    proxied = HatzClient(api_key="k" * 20, base_url="https://ai.hatz.ai/v1")
+    bypassed = HatzClient(api_key="k" * 20, base_url="https://internal.example/v1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed.example:1")
+
+    assert proxied._session.proxies.get("https") == "http://proxy.example:3128"
+    assert not bypassed._session.proxies
+    assert proxied._session.trust_env is False  # no per-request environment lookups

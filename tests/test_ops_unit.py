@@ -17,6 +17,7 @@ from worker import health, log_context
 from worker.celery_app import celery_config
 from worker.context import sentinel_addresses
 from worker.keys import Keys
+from worker.ledger import Ledger
 from worker.logs import Redactor, configure_logging
 from worker.metrics import HatzCollector, Metrics, endpoint_name
 
@@ -116,6 +117,47 @@ def test_collector_exports_counters_histogram_and_breaker(
     assert samples[("hatz_callback_attempts_total", (("outcome", "5xx"),))] == 1
     assert samples[("hatz_callback_attempts_total", (("outcome", "error"),))] == 1
     assert samples[("hatz_breaker_open", ())] == 1
+
+
+def test_buffered_counters_ride_on_the_next_compare_and_set_and_flush_writes_the_rest(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    keys = Keys("t")
+    metrics = Metrics(fake_redis, keys, buffered=True)
+    ledger = Ledger(fake_redis, keys=keys)
+    ledger.counters = metrics.drain
+    run_id, _ = ledger.create({"app_id": "a"})
+    metrics.api_call("GET", "/workflows/j1", 200, None, 0.1)
+    metrics.poll_lateness(0.3)
+    metrics.poll_lateness(0.25)
+    metrics.poll_lateness(0.0)  # a float sum stays a float: HINCRBY on "0.55" would fail
+
+    assert fake_redis.hget(keys.metrics, "api|status|ok") is None  # nothing sent yet
+    # A compare-and-set that fails (wrong token) still carries the counters.
+    assert not ledger.cas(run_id, states=None, token=7, fields={"x": 1})
+    raw = fake_redis.hgetall(keys.metrics)
+    assert raw["api|status|ok"] == "1"
+    assert raw["lateness|count"] == "3"
+    assert float(raw["lateness|sum"]) == pytest.approx(0.55)
+    assert raw["lateness|bucket|0.5"] == "1"
+    assert raw["lateness|bucket|0.1"] == "1"
+    assert raw["lateness|bucket|0.25"] == "1"
+    assert raw["state|QUEUED"] == "1"
+
+    # A counter Redis cannot add to never fails the compare-and-set it rides on.
+    fake_redis.hset(keys.metrics, "callback|2xx", "not a number")
+    metrics.callback_attempt(200)
+    assert ledger.cas(run_id, states=None, fields={"x": 2})
+    assert fake_redis.hget(keys.run(run_id), "x") == "2"
+    fake_redis.hdel(keys.metrics, "callback|2xx")
+
+    metrics.callback_attempt(503)
+    metrics.flush()
+    metrics.flush()  # nothing left: no double count
+    assert fake_redis.hget(keys.metrics, "callback|5xx") == "1"
+    samples = _samples(HatzCollector(fake_redis, keys))
+    assert samples[("hatz_polls_total", (("outcome", "ok"),))] == 1
+    assert samples[("hatz_poll_lateness_seconds_count", ())] == 3
 
 
 def test_collector_reports_redis_down_instead_of_failing_the_scrape() -> None:

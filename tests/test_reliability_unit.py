@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 
 from tests.conftest import make_settings
@@ -16,6 +17,7 @@ from worker import kombu_fixes, task_names
 from worker.celery_app import TASK_TIME_LIMIT, celery_config, startup_problems
 from worker.context import Context
 from worker.ledger import RunState
+from worker.local_stack import LocalRedis
 from worker.sweeper import sweep
 
 
@@ -211,3 +213,24 @@ def test_the_job_id_write_outlasts_a_short_redis_outage(
 
     assert result.ok
     assert ctx.ledger.require(run_id)["job_id"] == "j"
+
+
+def test_kombu_channel_reuses_one_sync_client_per_pool_and_still_moves_messages() -> None:
+    assert kombu_fixes.apply_client_reuse()
+    assert kombu_fixes.apply_client_reuse()  # idempotent
+    with LocalRedis() as server, Connection(server.url) as conn:  # type: ignore[no-untyped-call]
+        channel: Any = conn.default_channel
+        first = channel._create_client()
+        assert channel._create_client() is first
+        assert channel._create_client(asynchronous=True) is not first  # event-loop client as is
+        channel._pool = None  # what a reconnect does: a new pool gets a new client
+        second = channel._create_client()
+        assert second is not first
+        assert second.connection_pool is channel.pool
+
+        queue = conn.SimpleQueue("kombu-fix-check")
+        queue.put({"n": 1})
+        message = queue.get(timeout=5)
+        message.ack()
+        assert message.payload == {"n": 1}
+        queue.close()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from worker import events, signing, task_names, webhook_transport
+from worker import events, log_context, signing, task_names, webhook_transport
 from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.events import Event
@@ -292,6 +292,7 @@ def deliver_step(
     if claimed is None or not claimed[1].bump:
         return []
     run, change, token = claimed
+    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
     event: Event = change.info["event"]
     url = str(run.get("callback_url") or "")
     msg_id = events.webhook_id(run_id, event)

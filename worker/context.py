@@ -6,6 +6,7 @@ Tasks get it from :func:`get_context`; tests build their own
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -86,6 +87,23 @@ class Context:
     client: HatzClient
     ledger: Ledger
     clock: Callable[[], float] = field(default=time.time)
+    _metrics: Metrics | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._metrics is None:
+            self._metrics = Metrics(self.redis, self.ledger.keys, buffered=True)
+        if self._metrics.buffered:
+            self.ledger.counters = self._metrics.drain
+
+    @property
+    def metrics(self) -> Metrics:
+        """The shared Prometheus counters (see :mod:`worker.metrics`).
+
+        Buffered: the counts ride on the next ledger compare-and-set, and
+        :func:`worker.task_guard.run_step` flushes what is left after each task.
+        """
+        assert self._metrics is not None  # set in __post_init__
+        return self._metrics
 
     @classmethod
     def from_settings(
@@ -106,12 +124,13 @@ class Context:
             idempotency_ttl=settings.idempotency_ttl,
             clock=clock,
         )
+        metrics = Metrics(r, keys, buffered=True)
         if client is None:
             budget = None
             if settings.api_max_rps > 0:
                 budget = ApiBudget(r, ledger.keys.api_budget, settings.api_max_rps)
             client = HatzClient.from_settings(
-                settings, before_request=budget, observer=Metrics(r, keys).api_call
+                settings, before_request=budget, observer=metrics.api_call
             )
         return cls(
             settings=settings,
@@ -119,17 +138,13 @@ class Context:
             client=client,
             ledger=ledger,
             clock=clock,
+            _metrics=metrics,
         )
 
     @property
     def keys(self) -> Keys:
         """The Redis key builder."""
         return self.ledger.keys
-
-    @property
-    def metrics(self) -> Metrics:
-        """The shared Prometheus counters (see :mod:`worker.metrics`)."""
-        return Metrics(self.redis, self.keys)
 
 
 _lock = threading.Lock()
@@ -148,6 +163,8 @@ def get_context() -> Context:
         if _context is None or _pid != os.getpid():
             _context = Context.from_settings(load_settings())
             _pid = os.getpid()
+            # Counters still buffered when a CLI process exits (tasks flush their own).
+            atexit.register(_context.metrics.flush)
         return _context
 
 

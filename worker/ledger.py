@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -102,9 +102,21 @@ _BOOL_FIELDS = frozenset({"is_draft_app", "submit_inflight"})
 # ARGV: run_id, allowed (",A,B," or ""), token field, expected token ("" = any),
 #       new state ("" = keep), now, schedule ("" keep | "-" remove | score),
 #       expire seconds ("" none), bump token ("1"/"0"), return record ("1"/"0"),
-#       field, value, ...
+#       n, n pairs of (counter, increment), then field, value, ...
+# The counters are buffered metrics (worker.metrics) riding along: applied
+# whatever the outcome, so they cost no round trip of their own.
 # Returns {1, token, state_before[, flat record]} or {0, state} or {-1}.
 _CAS = """
+local n = tonumber(ARGV[11])
+for i = 12, 11 + 2 * n, 2 do
+  -- pcall: a counter that cannot be added to never fails the compare-and-set
+  if string.find(ARGV[i + 1], '[.eE]') then
+    redis.pcall('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
+  else
+    redis.pcall('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+end
+local first = 12 + 2 * n
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {-1} end
 if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. state .. ',', 1, true) then
@@ -121,7 +133,7 @@ if ARGV[5] ~= '' and ARGV[5] ~= state then
   redis.call('HINCRBY', KEYS[3], 'state|' .. ARGV[5], 1)
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
-if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
+if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if ARGV[7] == '-' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[1], 'next_at')
@@ -275,6 +287,9 @@ class Ledger:
         self.retention = retention
         self.idempotency_ttl = idempotency_ttl
         self.clock = clock
+        #: Buffered metric increments to apply with the next compare-and-set
+        #: (set by :class:`~worker.context.Context` to ``Metrics.drain``).
+        self.counters: Callable[[], Mapping[str, float]] | None = None
         self._cas = client.register_script(_CAS)
         self._create = client.register_script(_CREATE)
 
@@ -433,6 +448,7 @@ class Ledger:
                 str(self.retention) if terminal else "",
                 "1" if bump_token else "0",
                 "1" if return_record else "0",
+                *self._counter_args(),
                 *_flat(fields or {}),
             ],
         )
@@ -445,6 +461,13 @@ class Ledger:
         if return_record:
             record = Run.from_hash(_pairs([_str(x) for x in result[3]]))
         return CasResult(True, int(result[1]), _str(result[2]), record)
+
+    def _counter_args(self) -> list[str]:
+        counts = self.counters() if self.counters is not None else {}
+        out = [str(len(counts))]
+        for name, amount in counts.items():
+            out += [name, repr(amount) if isinstance(amount, float) else str(int(amount))]
+        return out
 
     def cas_durable(self, within: float, **kwargs: Any) -> CasResult:
         """:meth:`cas`, retried across a Redis outage for up to ``within`` seconds.

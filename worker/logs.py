@@ -154,22 +154,11 @@ def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, *
     name = getattr(task, "name", None)
     log_context.bind(task=name, task_id=task_id)
     if name in _RUN_TASKS and args:
+        # App and job ids join once the step has read its run (it binds them
+        # from the record its claim returns: no extra round trip per task).
         log_context.bind(run_id=args[0])
-        _bind_run(str(args[0]))
     elif name == task_names.RUN_WORKFLOW:
         log_context.bind(app_id=(kw.get("kwargs") or {}).get("app_id"))
-
-
-def _bind_run(run_id: str) -> None:
-    # One HMGET so lines logged before the task reads its run carry app and job ids too.
-    from worker.context import get_context
-
-    try:
-        ctx = get_context()
-        app_id, job_id = ctx.redis.hmget(ctx.keys.run(run_id), ["app_id", "job_id"])
-    except Exception:  # logging context is best effort: it never fails a task
-        return
-    log_context.bind(app_id=app_id, job_id=job_id)
 
 
 @signals.task_postrun.connect(weak=False)  # type: ignore[untyped-decorator]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -81,23 +81,52 @@ def _bucket(seconds: float) -> str:
 
 
 class Metrics:
-    """Adds events to the shared counters; never raises (metrics must not fail a task)."""
+    """Adds events to the shared counters; never raises (metrics must not fail a task).
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    Unbuffered (the default), every event is one pipelined ``HINCRBY`` round
+    trip. ``buffered=True`` (what worker processes use) keeps events in process
+    until the next ledger compare-and-set, which applies them in the same script
+    call (:meth:`drain`, wired by :class:`~worker.context.Context`), so a poll
+    pays no extra round trip for its counters; :meth:`flush` writes what is
+    left at the end of every task (:func:`worker.task_guard.run_step`).
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, buffered: bool = False) -> None:
         self.redis = client
         self.keys = keys
+        self.buffered = buffered
+        self._pending: dict[str, float] = {}
 
     def _add(self, increments: dict[str, float]) -> None:
+        if self.buffered:
+            for name, amount in increments.items():
+                self._pending[name] = self._pending.get(name, 0) + amount
+            return
+        self._write(increments)
+
+    def _write(self, increments: Mapping[str, float]) -> None:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for name, amount in increments.items():
-                if float(amount).is_integer():
-                    pipe.hincrby(self.keys.metrics, name, int(amount))
-                else:
+                # Float counters (sums) stay floats even when an increment is 0:
+                # HINCRBY on a field holding "0.25" is an error.
+                if isinstance(amount, float):
                     pipe.hincrbyfloat(self.keys.metrics, name, amount)
+                else:
+                    pipe.hincrby(self.keys.metrics, name, int(amount))
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("metrics not recorded: %s", exc)
+
+    def drain(self) -> dict[str, float]:
+        """Take the buffered increments (the caller writes them to ``Keys.metrics``)."""
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def flush(self) -> None:
+        """Write the buffered increments now (one round trip; none when nothing is buffered)."""
+        if self._pending:
+            self._write(self.drain())
 
     def api_call(
         self, method: str, path: str, status: int | None, error: str | None, seconds: float
@@ -111,7 +140,7 @@ class Metrics:
         self._add(
             {
                 _SEP.join(("lateness", "bucket", _bucket(seconds))): 1,
-                _SEP.join(("lateness", "sum")): round(seconds, 6) or 0,
+                _SEP.join(("lateness", "sum")): float(round(seconds, 6)),
                 _SEP.join(("lateness", "count")): 1,
             }
         )

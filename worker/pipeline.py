@@ -235,6 +235,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
     run = ctx.ledger.claim(run_id, token, PRE_SUBMIT_STATES, _lease(ctx))
     if run is None:
         return []
+    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
     token = run.token
     if run.get("submit_inflight"):
         # Only reachable through a sweeper re-arm of a send that never reported back.
@@ -467,6 +468,7 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
     run = ctx.ledger.claim(run_id, token, POLLING_STATES, _lease(ctx))
     if run is None:
         return []
+    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
     token = run.token
     now = ctx.clock()
     base: dict[str, Any] = {"poll_count": int(run.get("poll_count") or 0) + 1}

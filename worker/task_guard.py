@@ -62,3 +62,5 @@ def run_step(
         except Exception:
             log.exception("%s %s: could not record the error", task, run_id)
         return []
+    finally:
+        ctx.metrics.flush()  # counters no compare-and-set carried (best effort, never raises)

@@ -241,7 +241,8 @@ def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
     Jobs are created at the fake directly; each run is written to the ledger
     (QUEUED, then compare-and-set to RUNNING with its ``job_id``, ``due_at`` and
     ``poll_interval``) and gets its poll task with a countdown spread uniformly
-    over one interval, so the load is steady from the start.
+    over one interval, so the load is steady from the start; a poll due beyond
+    ``HATZ_COUNTDOWN_HORIZON`` is parked instead, as the pipeline would.
     """
     job_ids = b.fake.create_jobs(app_id, n)
     ledger = b.ctx.ledger
@@ -253,12 +254,15 @@ def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
             for run_id, job_id in zip(run_ids, jobs, strict=True):
                 countdown = random.uniform(0, interval)
                 now = time.time()
+                # As the pipeline reschedules: a poll beyond the horizon is parked.
+                park = 0 < b.settings.countdown_horizon < countdown
                 ledger.cas(
                     run_id,
                     states=PRE_SUBMIT_STATES,
                     token=0,
                     to=RunState.RUNNING,
                     next_at=now + countdown,
+                    park=park,
                     fields={
                         "job_id": job_id,
                         "submit_attempts": 1,
@@ -269,9 +273,10 @@ def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
                         "steps_done": 0,
                     },
                 )
-                b.celery.send_task(
-                    task_names.POLL, args=[run_id, 0], countdown=countdown, producer=producer
-                )
+                if not park:
+                    b.celery.send_task(
+                        task_names.POLL, args=[run_id, 0], countdown=countdown, producer=producer
+                    )
         return run_ids
 
     parts = [job_ids[i::_SEED_THREADS] for i in range(_SEED_THREADS)]

@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     poll_jitter: float = Field(
         default=0.1, ge=0, le=1, description="Relative jitter added to each countdown."
     )
+    countdown_horizon: float = Field(
+        default=15.0,
+        ge=0,
+        description=(
+            "Polls due further off than this wait in Redis and become countdowns once "
+            "within it (worker RAM and Redis hold no far-off messages); 0: always countdowns, s."
+        ),
+    )
     run_timeout: float = Field(
         default=6 * 3600.0, gt=0, description="Give up polling after this long (TIMED_OUT), s."
     )

@@ -25,6 +25,7 @@ from worker.ledger import RunState
 from worker.pipeline import (
     Next,
     cancel,
+    fetch_app,
     poll_step,
     refresh_documents,
     submit_step,
@@ -109,7 +110,13 @@ def harness(fake_redis: fakeredis.FakeRedis) -> Callable[..., Harness]:
         clock = Clock()
         client = StubClient()
         settings = make_settings(
-            **{"poll_interval": 5.0, "poll_max_interval": 40.0, "poll_backoff": 2.0, **overrides}
+            **{
+                "poll_interval": 5.0,
+                "poll_max_interval": 40.0,
+                "poll_backoff": 2.0,
+                "countdown_horizon": 0.0,  # every poll a countdown; parking has its own tests
+                **overrides,
+            }
         )
         ctx = Context.from_settings(
             settings,
@@ -480,3 +487,33 @@ def test_documents_about_to_expire_are_renewed_before_a_late_callback(
     assert ctx.ledger.require(run_id)["documents"] == renewed["documents"]
     assert refresh_documents(ctx, renewed) == renewed  # still fresh: no new call
     assert client.calls.count("presign") == 2
+
+
+def test_app_definition_is_read_once_per_process_until_its_cache_entry_expires(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, clock = harness(app_cache_ttl=30)
+    other, other_client, _ = harness(app_cache_ttl=30)  # another worker process, same Redis
+
+    assert fetch_app(ctx, "app").id == "app"
+    ctx.redis.delete(ctx.keys.app("app"))
+    assert fetch_app(ctx, "app").id == "app"  # this process: no Redis read, no API call
+    assert client.calls.count("get_app") == 1
+
+    fetch_app(other, "app")  # the shared entry is gone: the other process asks the API
+    fetch_app(other, "app")
+    assert other_client.calls.count("get_app") == 1
+
+    clock.now += 31  # this process's copy expired: the shared entry (30 s) serves it
+    fetch_app(ctx, "app")
+    assert client.calls.count("get_app") == 1
+    expires, _ = ctx.apps["app"]
+    assert clock.now < expires <= clock.now + 30
+
+
+def test_app_cache_off_asks_the_api_every_time(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(app_cache_ttl=0)
+    fetch_app(ctx, "app")
+    fetch_app(ctx, "app")
+    assert client.calls.count("get_app") == 2
+    assert not ctx.apps

@@ -16,6 +16,7 @@ from kombu.entity import Queue
 
 from config import ConfigError, Settings, load_settings
 from worker import logs, task_names
+from worker.dispatcher import PollDispatcher
 from worker.health import WorkerHeartbeat
 from worker.schedules import beat_entries
 
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app; configured from ``settings`` or, lazily, from the environment."""
     celery = Celery("hatz_worker", include=TASK_MODULES)
     celery.steps["consumer"].add(WorkerHeartbeat)
+    celery.steps["consumer"].add(PollDispatcher)
     if settings is not None:
         celery.config_from_object(SimpleNamespace(**celery_config(settings)))
         return celery

@@ -21,6 +21,7 @@ from redis.sentinel import Sentinel
 from config import Settings, load_settings
 from worker.api_budget import ApiBudget
 from worker.hatz_client import HatzClient
+from worker.hatz_types import App
 from worker.keys import Keys
 from worker.ledger import Ledger
 from worker.metrics import Metrics
@@ -88,6 +89,9 @@ class Context:
     ledger: Ledger
     clock: Callable[[], float] = field(default=time.time)
     _metrics: Metrics | None = field(default=None, repr=False)
+    #: Workflow definitions this process read, with when their Redis cache entry
+    #: expires (see :func:`worker.pipeline.fetch_app`).
+    apps: dict[str, tuple[float, App]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self._metrics is None:

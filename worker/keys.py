@@ -9,6 +9,10 @@ key                             type    what
 ``P:runs``                      zset    every run id, scored by creation time
 ``P:schedule``                  zset    non-terminal run ids, scored by ``next_at``: when
                                         the run's next task is due (sweeper input)
+``P:parked``                    zset    runs whose next poll is further off than
+                                        ``HATZ_COUNTDOWN_HORIZON``, scored by when it is
+                                        due: published by the dispatcher, not yet a
+                                        Celery message (``worker.dispatcher``)
 ``P:idem:<key>``                string  idempotency key -> run id and parameter hash
 ``P:app:<app_id>``              string  cached app definition (JSON, short TTL)
 ``P:callbacks:failed``          zset    dead-lettered callbacks (run ids by time)
@@ -55,6 +59,11 @@ class Keys:
     def schedule(self) -> str:
         """Non-terminal runs by the time their next task is due."""
         return f"{self.prefix}:schedule"
+
+    @property
+    def parked(self) -> str:
+        """Runs whose next poll waits in Redis (not as a countdown), by when it is due."""
+        return f"{self.prefix}:parked"
 
     def idempotency(self, key: str) -> str:
         """Idempotency key -> run id."""

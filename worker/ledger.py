@@ -98,17 +98,19 @@ _INT_FIELDS = frozenset(
 )
 _BOOL_FIELDS = frozenset({"is_draft_app", "submit_inflight"})
 
-# KEYS: run hash, schedule zset, metrics hash (counts state transitions).
+# KEYS: run hash, schedule zset, metrics hash (counts state transitions), parked zset.
 # ARGV: run_id, allowed (",A,B," or ""), token field, expected token ("" = any),
 #       new state ("" = keep), now, schedule ("" keep | "-" remove | score),
 #       expire seconds ("" none), bump token ("1"/"0"), return record ("1"/"0"),
+#       park ("1": the next task is parked, not published; see worker.dispatcher),
 #       n, n pairs of (counter, increment), then field, value, ...
+# A run is in the parked zset exactly while its last schedule change asked to park.
 # The counters are buffered metrics (worker.metrics) riding along: applied
 # whatever the outcome, so they cost no round trip of their own.
 # Returns {1, token, state_before[, flat record]} or {0, state} or {-1}.
 _CAS = """
-local n = tonumber(ARGV[11])
-for i = 12, 11 + 2 * n, 2 do
+local n = tonumber(ARGV[12])
+for i = 13, 12 + 2 * n, 2 do
   -- pcall: a counter that cannot be added to never fails the compare-and-set
   if string.find(ARGV[i + 1], '[.eE]') then
     redis.pcall('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
@@ -116,7 +118,7 @@ for i = 12, 11 + 2 * n, 2 do
     redis.pcall('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   end
 end
-local first = 12 + 2 * n
+local first = 13 + 2 * n
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {-1} end
 if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. state .. ',', 1, true) then
@@ -136,10 +138,16 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
 if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if ARGV[7] == '-' then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
   redis.call('HDEL', KEYS[1], 'next_at')
 elseif ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
   redis.call('HSET', KEYS[1], 'next_at', ARGV[7])
+  if ARGV[11] == '1' then
+    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+  else
+    redis.call('ZREM', KEYS[4], ARGV[1])
+  end
 end
 if ARGV[8] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
 if ARGV[10] == '1' then return {1, token, state, redis.call('HGETALL', KEYS[1])} end
@@ -163,6 +171,16 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'state|QUEUED', 1)
 return {1, ARGV[1]}
+"""
+
+
+# KEYS: parked zset. ARGV: due before (score), limit.
+# Returns id, score, id, score, ... of the runs taken off the zset.
+_POP_PARKED = """
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1],
+                       'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #rows, 2 do redis.call('ZREM', KEYS[1], rows[i]) end
+return rows
 """
 
 
@@ -292,6 +310,7 @@ class Ledger:
         self.counters: Callable[[], Mapping[str, float]] | None = None
         self._cas = client.register_script(_CAS)
         self._create = client.register_script(_CREATE)
+        self._pop_parked = client.register_script(_POP_PARKED)
 
     # --- create and read ------------------------------------------------------------
 
@@ -386,6 +405,27 @@ class Ledger:
         )
         return [(_str(row[0]), float(row[1])) for row in rows]
 
+    def pop_parked(self, before: float, *, limit: int = 1000) -> list[tuple[str, float, Run]]:
+        """Take parked runs due before ``before`` off ``Keys.parked``: ``(id, due, record)``.
+
+        Atomic (one script), so two dispatchers never both take a run. A run
+        whose record is gone comes back with an empty record. Whoever pops a run
+        must publish its poll; if it dies first, the run's ``next_at`` is still
+        in the schedule and the sweeper re-arms it.
+        """
+        rows = self._pop_parked(keys=[self.keys.parked], args=[repr(before), limit])
+        ids = [_str(rows[i]) for i in range(0, len(rows), 2)]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hmget(self.keys.run(run_id), ["state", "token"])
+        out = []
+        for i, (run_id, (state, token)) in enumerate(zip(ids, pipe.execute(), strict=True)):
+            record = Run({"run_id": run_id, "state": _str(state), "token": int(token or 0)})
+            out.append((run_id, float(rows[2 * i + 1]), record if state else Run()))
+        return out
+
     def note_error(self, run_id: str, message: str) -> int:
         """Record an unexpected task error on a run; return its count (0 if no such run).
 
@@ -418,6 +458,7 @@ class Ledger:
         unschedule: bool = False,
         bump_token: bool = False,
         return_record: bool = False,
+        park: bool = False,
     ) -> CasResult:
         """Atomically change a run if its state is in ``states`` and its token is ``token``.
 
@@ -428,7 +469,12 @@ class Ledger:
         (a callback still due), removes it from the schedule. ``bump_token``
         claims the run (``token -> token+1``); ``token_field`` names the
         token (``token`` for the run chain, ``callback_token`` for deliveries).
+        ``park`` (with ``next_at``): the run's next poll is not published now but
+        waits in ``Keys.parked`` for :mod:`worker.dispatcher`; any other schedule
+        change takes the run off that list.
         """
+        if park and next_at is None:
+            raise ValueError("park needs next_at")
         now = self.clock()
         terminal = to is not None and to.is_terminal
         if unschedule or (terminal and next_at is None):
@@ -436,7 +482,7 @@ class Ledger:
         else:
             schedule = "" if next_at is None else repr(next_at)
         result = self._cas(
-            keys=[self.keys.run(run_id), self.keys.schedule, self.keys.metrics],
+            keys=[self.keys.run(run_id), self.keys.schedule, self.keys.metrics, self.keys.parked],
             args=[
                 run_id,
                 _allowed(states),
@@ -448,6 +494,7 @@ class Ledger:
                 str(self.retention) if terminal else "",
                 "1" if bump_token else "0",
                 "1" if return_record else "0",
+                "1" if park else "0",
                 *self._counter_args(),
                 *_flat(fields or {}),
             ],

@@ -124,15 +124,34 @@ def validate_inputs(app: App, inputs: Mapping[str, Any], files: Mapping[str, str
     return problems
 
 
+_APP_CACHE_SIZE = 1024
+
+
 def fetch_app(ctx: Context, app_id: str) -> App:
-    """``GET /app/{id}``, cached in Redis for ``HATZ_APP_CACHE_TTL`` seconds."""
+    """``GET /app/{id}``, cached for ``HATZ_APP_CACHE_TTL`` seconds: in Redis for every
+    worker, and in this process until the Redis entry expires (no round trip per submit)."""
+    ttl = ctx.settings.app_cache_ttl
+    if ttl <= 0:
+        return ctx.client.get_app(app_id)
+    now = ctx.clock()
+    local = ctx.apps.get(app_id)
+    if local is not None and local[0] > now:
+        return local[1]
     key = ctx.keys.app(app_id)
-    cached = ctx.redis.get(key) if ctx.settings.app_cache_ttl > 0 else None
-    if cached:
-        return App.model_validate_json(cached)
-    app = ctx.client.get_app(app_id)
-    if ctx.settings.app_cache_ttl > 0:
-        ctx.redis.set(key, app.model_dump_json(), ex=max(1, int(ctx.settings.app_cache_ttl)))
+    pipe = ctx.redis.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.pttl(key)
+    cached, left_ms = pipe.execute()
+    if cached and int(left_ms) > 0:
+        app = App.model_validate_json(cached)
+        expires = now + int(left_ms) / 1000
+    else:
+        app = ctx.client.get_app(app_id)
+        ctx.redis.set(key, app.model_dump_json(), ex=max(1, int(ttl)))
+        expires = now + max(1, int(ttl))
+    if len(ctx.apps) >= _APP_CACHE_SIZE:
+        ctx.apps.clear()
+    ctx.apps[app_id] = (expires, app)
     return app
 
 
@@ -148,9 +167,17 @@ def finish(
     error: str = "",
     fields: Mapping[str, Any] | None = None,
     states: frozenset[RunState] | None = None,
+    run: Run | None = None,
 ) -> list[Next]:
-    """Move a run to terminal state ``to`` (CAS) and queue its callback, if it has one."""
-    run = ctx.ledger.get(run_id)
+    """Move a run to terminal state ``to`` (CAS) and queue its callback, if it has one.
+
+    ``run``: the record the caller already holds (its claim's), to save a read.
+    Its callback and batch settings never change mid-run; only a run that wants
+    ``workflow_run.started`` has a delivery chain moving ``callback_seq`` and
+    ``callback_token`` meanwhile, so that one is read afresh.
+    """
+    if run is None or events.wants_started(run):
+        run = ctx.ledger.get(run_id)
     if run is None:
         return []
     # Only when the run's event filter wants this end (or a started event is still owed).
@@ -193,7 +220,9 @@ def _reschedule_submit(
     attempts = int(run.get("submit_attempts") or 0) + 1
     age = ctx.clock() - float(run["created_at"])
     if age > ctx.settings.submit_retry_deadline:
-        return finish(ctx, run.run_id, token, RunState.FAILED, error=f"gave up: {_short(exc)}")
+        return finish(
+            ctx, run.run_id, token, RunState.FAILED, error=f"gave up: {_short(exc)}", run=run
+        )
     delay = _retry_delay(ctx, attempts, exc)
     ok = ctx.ledger.cas(
         run.run_id,
@@ -221,6 +250,7 @@ def _pause_submit(ctx: Context, run_id: str, token: int, wait: float) -> list[Ne
         run_id,
         states=PRE_SUBMIT_STATES,
         token=token,
+        to=RunState.SUBMITTING,  # validated (and uploaded): only the send is waiting
         next_at=ctx.clock() + delay,
         fields={"submit_inflight": False, "last_error": "paused: credit-overage breaker open"},
     )
@@ -240,7 +270,12 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
     if run.get("submit_inflight"):
         # Only reachable through a sweeper re-arm of a send that never reported back.
         return finish(
-            ctx, run_id, token, RunState.AMBIGUOUS, error="submit outcome unknown (worker lost)"
+            ctx,
+            run_id,
+            token,
+            RunState.AMBIGUOUS,
+            error="submit outcome unknown (worker lost)",
+            run=run,
         )
     state = run.state
     inputs: dict[str, Any] = dict(run.get("inputs") or {})
@@ -250,17 +285,20 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         try:
             app = fetch_app(ctx, run["app_id"])
         except HatzNotFoundError:
-            return finish(ctx, run_id, token, RunState.REJECTED, error="unknown app_id")
+            return finish(ctx, run_id, token, RunState.REJECTED, error="unknown app_id", run=run)
         except HatzValidationError as exc:
-            return finish(ctx, run_id, token, RunState.REJECTED, error=_short(exc))
+            return finish(ctx, run_id, token, RunState.REJECTED, error=_short(exc), run=run)
         except (HatzError, ValueError) as exc:
             err = exc if isinstance(exc, HatzError) else HatzResponseError(str(exc))
             return _reschedule_submit(ctx, run, token, err)
         problems = validate_inputs(app, inputs, files)
         if problems:
-            return finish(ctx, run_id, token, RunState.REJECTED, error="; ".join(problems))
+            return finish(ctx, run_id, token, RunState.REJECTED, error="; ".join(problems), run=run)
         state = RunState.UPLOADING if files else RunState.SUBMITTING
-        if not ctx.ledger.cas(run_id, states=ACTIVE_STATES, token=token, to=state):
+        # SUBMITTING itself is recorded with the in-flight mark below (one write, not two).
+        if state is RunState.UPLOADING and not ctx.ledger.cas(
+            run_id, states=ACTIVE_STATES, token=token, to=state
+        ):
             return []
 
     if state is RunState.UPLOADING:
@@ -273,10 +311,10 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
                 )
             except OSError as exc:
                 msg = f"cannot read file for input {name!r}: {exc.strerror or exc}"
-                return finish(ctx, run_id, token, RunState.REJECTED, error=msg)
+                return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)
             except (HatzValidationError, HatzNotFoundError) as exc:
                 msg = f"upload of input {name!r} refused: {exc.detail}"
-                return finish(ctx, run_id, token, RunState.REJECTED, error=msg)
+                return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)
             except HatzError as exc:
                 return _reschedule_submit(ctx, run, token, exc, inputs=inputs)
             inputs[name] = uploaded.file_uuid
@@ -284,8 +322,6 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
                 run_id, states=ACTIVE_STATES, token=token, fields={"inputs": inputs}
             ):
                 return []
-        if not ctx.ledger.cas(run_id, states=ACTIVE_STATES, token=token, to=RunState.SUBMITTING):
-            return []
 
     # The org-wide credit-overage breaker: while it is open the run waits (no attempt
     # counted, no deadline) and asks again; only one probe submit goes at a time.
@@ -295,7 +331,11 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
 
     # SUBMITTING: mark the send in flight first, so a crash mid-send is never re-sent.
     if not ctx.ledger.cas(
-        run_id, states=ACTIVE_STATES, token=token, fields={"submit_inflight": True}
+        run_id,
+        states=ACTIVE_STATES,
+        token=token,
+        to=RunState.SUBMITTING,
+        fields={"submit_inflight": True},
     ):
         return []
     try:
@@ -310,6 +350,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
                 token,
                 RunState.AMBIGUOUS,
                 error=f"submit answered {exc.status_code}; not re-sent (HATZ_SUBMIT_RETRY_5XX)",
+                run=run,
             )
         return _reschedule_submit(ctx, run, token, exc)
     except HatzCreditOverageError as exc:
@@ -319,7 +360,9 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         # Nothing was created: wait and try again (an auth failure waits for a fixed key).
         return _reschedule_submit(ctx, run, token, exc)
     except (HatzValidationError, HatzNotFoundError) as exc:
-        return finish(ctx, run_id, token, RunState.REJECTED, error=f"submit refused: {exc.detail}")
+        return finish(
+            ctx, run_id, token, RunState.REJECTED, error=f"submit refused: {exc.detail}", run=run
+        )
     except (HatzTransportError, HatzResponseError) as exc:
         return finish(
             ctx,
@@ -327,6 +370,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             token,
             RunState.AMBIGUOUS,
             error=f"submit outcome unknown, not re-sent to avoid a duplicate job: {_short(exc)}",
+            run=run,
         )
     if decision.probe:
         breaker.record_success(ctx)
@@ -446,19 +490,24 @@ def _reschedule_poll(
 ) -> list[Next]:
     countdown = jittered(ctx, interval)
     now = ctx.clock()
+    # Far-off polls are parked in Redis, not held by a worker as countdown messages;
+    # worker.dispatcher publishes each as a countdown once it is within the horizon.
+    horizon = ctx.settings.countdown_horizon
+    park = 0 < horizon < countdown
     ok = ctx.ledger.cas(
         run.run_id,
         states=POLLING_STATES,
         token=token,
         to=fields.get("state_to"),
         next_at=now + countdown,
+        park=park,
         fields={
             **{k: v for k, v in fields.items() if k != "state_to"},
             "poll_interval": interval,
             "due_at": now + countdown,
         },
     )
-    if not ok:
+    if not ok or park:
         return []
     return [Next(task_names.POLL, (run.run_id, token), countdown)]
 
@@ -486,13 +535,16 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             RunState.TIMED_OUT,
             error=f"no result after {limit:g} s",
             fields=base,
+            run=run,
         )
     try:
         job = ctx.client.get_job(run["job_id"])
     except HatzNotFoundError as exc:
         misses = int(run.get("not_found_count") or 0) + 1
         if misses >= ctx.settings.not_found_limit:
-            return finish(ctx, run_id, token, RunState.FAILED, error=exc.detail, fields=base)
+            return finish(
+                ctx, run_id, token, RunState.FAILED, error=exc.detail, fields=base, run=run
+            )
         fields = {**base, "not_found_count": misses, "last_error": _short(exc)}
         return _reschedule_poll(ctx, run, token, _next_interval(ctx, run, None), fields)
     except HatzError as exc:
@@ -522,11 +574,11 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             "documents": documents,
             "last_error": "",
         }
-        return finish(ctx, run_id, token, RunState.COMPLETED, fields=fields)
+        return finish(ctx, run_id, token, RunState.COMPLETED, fields=fields, run=run)
     if job.status == "failed":
         fields = {**progress, "step_outputs": [_summarise_step(s) for s in job.step_outputs]}
         return finish(
-            ctx, run_id, token, RunState.FAILED, error=_failure_reason(job), fields=fields
+            ctx, run_id, token, RunState.FAILED, error=_failure_reason(job), fields=fields, run=run
         )
     steps: list[Next] = []
     if job.status == "running" and run.state is RunState.SUBMITTED:

@@ -1,0 +1,108 @@
+"""The dispatcher: turns parked polls into countdown messages once they are near.
+
+A countdown message is held by a worker, unacknowledged, from the moment the
+worker fetches it until it is due: about 10 KB of the worker's RAM and 1.4 KB
+of Redis (kombu's ``unacked`` hash and index) per message. 10,000 runs polling
+every 60 s would keep 10,000 of them alive all the time, and a SIGKILLed worker
+would strand all of them until ``visibility_timeout``.
+
+So a poll due further off than ``HATZ_COUNTDOWN_HORIZON`` is *parked*: the
+ledger's reschedule compare-and-set puts the run in ``Keys.parked`` (a zset
+entry scored by when the poll is due) instead of publishing anything. Every
+worker's main process runs :class:`PollDispatcher` on its consumer timer: each
+tick it takes the parked runs now within the horizon off that zset
+(:meth:`~worker.ledger.Ledger.pop_parked`, one atomic script, so two workers
+never both take one) and publishes their polls with the remaining countdown.
+Polls still reach the pool as countdowns and run on time; only the long wait
+moved from a message to a zset entry.
+
+Failure cases: a worker that dies between the pop and the publish leaves the
+run's ``next_at`` in the schedule, and the sweeper re-arms it after
+``HATZ_SWEEP_GRACE`` like any lost countdown. A published poll carries the
+run's current token; if the run moved on meanwhile (cancel, sweeper re-arm),
+the poll is a stale message and does nothing, as always.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Protocol
+
+from celery import bootsteps
+
+from config import Settings
+from worker import task_names
+from worker.context import Context, get_context
+from worker.ledger import POLLING_STATES
+
+log = logging.getLogger(__name__)
+
+#: Runs taken off the parked zset per script call.
+BATCH = 1000
+
+
+class TaskSender(Protocol):
+    """What the dispatcher publishes through: a Celery app."""
+
+    def send_task(self, name: str, args: list[Any], countdown: float | None = None) -> Any:
+        """Publish task ``name``."""
+
+
+def tick_interval(settings: Settings) -> float:
+    """How often a worker looks for parked polls: well inside the horizon, at most 1 s."""
+    horizon = settings.countdown_horizon
+    return min(1.0, horizon / 4) if horizon > 0 else 1.0
+
+
+def dispatch_due(ctx: Context, celery: TaskSender, *, batch: int = BATCH) -> int:
+    """Publish every parked poll due within the horizon as a countdown; return how many.
+
+    With the horizon set to 0 (parking off), runs parked before the change are
+    still published, when due.
+    """
+    now = ctx.clock()
+    window_end = now + max(0.0, ctx.settings.countdown_horizon)
+    published = 0
+    while True:
+        popped = ctx.ledger.pop_parked(window_end, limit=batch)
+        for run_id, due, run in popped:
+            if not run or run.state not in POLLING_STATES:
+                continue  # ended or canceled since it was parked
+            celery.send_task(
+                task_names.POLL, args=[run_id, run.token], countdown=max(0.0, due - now) or None
+            )
+            published += 1
+        if len(popped) < batch:
+            return published
+
+
+class PollDispatcher(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer bootstep: :func:`dispatch_due` on the consumer's timer (see module doc)."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        """Dispatch now (the worker is consuming), then every tick."""
+        ctx = get_context()
+        celery = parent.app
+
+        def tick() -> None:
+            try:
+                dispatch_due(ctx, celery)
+            except Exception as exc:  # never stop the timer; the next tick retries
+                log.warning("dispatcher: parked polls not published this tick: %s", exc)
+
+        tick()
+        self.tref = parent.timer.call_repeatedly(tick_interval(ctx.settings), tick)
+
+    def stop(self, parent: Any) -> None:
+        """Stop (shutdown, or the consumer restarts after a lost connection)."""
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    shutdown = stop

@@ -198,15 +198,15 @@ def test_the_job_id_write_outlasts_a_short_redis_outage(
     # Given Redis refusing the first two attempts of a write
     ctx = context_factory()
     run_id, _ = ctx.ledger.create({"app_id": "a", "inputs": {}})
-    real = ctx.ledger._cas
+    real = ctx.redis.evalsha
     failures = [redis.ConnectionError("down"), redis.TimeoutError("slow")]
 
-    def flaky(**kwargs: Any) -> Any:
+    def flaky(*args: Any) -> Any:
         if failures:
             raise failures.pop(0)
-        return real(**kwargs)
+        return real(*args)
 
-    ctx.ledger._cas = flaky  # type: ignore[assignment]
+    ctx.redis.evalsha = flaky  # type: ignore[method-assign,assignment]
 
     # When the write is durable, then it lands once Redis answers
     result = ctx.ledger.cas_durable(5.0, run_id=run_id, states=None, fields={"job_id": "j"})

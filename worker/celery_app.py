@@ -154,6 +154,17 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 signals.worker_init.connect(_on_worker_init, weak=False)
 
 
+def _on_process_init(sender: Any = None, **_: Any) -> None:
+    """In each pool process: follow-up tasks ride on the ledger's compare-and-set."""
+    from worker.context import get_context
+    from worker.outbox import Outbox
+
+    get_context().outbox = Outbox(app)
+
+
+signals.worker_process_init.connect(_on_process_init, weak=False)
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app; configured from ``settings`` or, lazily, from the environment."""
     celery = Celery("hatz_worker", include=TASK_MODULES)

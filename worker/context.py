@@ -10,9 +10,9 @@ import atexit
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from redis import Redis
@@ -79,6 +79,13 @@ def redis_from_settings(settings: Settings) -> Redis:
     return master
 
 
+class Encoder(Protocol):
+    """Builds the broker messages of follow-up steps (see :mod:`worker.outbox`)."""
+
+    def encode(self, steps: Sequence[Any]) -> list[tuple[str, str]] | None:
+        """``(queue key, payload)`` per step, or None when it cannot."""
+
+
 @dataclass
 class Context:
     """Everything a pipeline function needs; one per process."""
@@ -92,6 +99,9 @@ class Context:
     #: Workflow definitions this process read, with when their Redis cache entry
     #: expires (see :func:`worker.pipeline.fetch_app`).
     apps: dict[str, tuple[float, App]] = field(default_factory=dict, repr=False)
+    #: Set in worker pool processes: follow-up tasks are pushed by the ledger's
+    #: compare-and-set itself (:mod:`worker.outbox`); None publishes them afterwards.
+    outbox: Encoder | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self._metrics is None:

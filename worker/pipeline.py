@@ -76,6 +76,11 @@ def jittered(ctx: Context, seconds: float) -> float:
     return max(0.0, seconds * (1 + random.uniform(-j, j)))
 
 
+def _encode(ctx: Context, steps: list[Next]) -> list[tuple[str, str]] | None:
+    """The steps as messages the next compare-and-set pushes itself (worker.outbox)."""
+    return ctx.outbox.encode(steps) if ctx.outbox is not None else None
+
+
 def _lease(ctx: Context) -> float:
     """How long one task may hold a run before the sweeper may assume it died."""
     return ctx.settings.task_lease()
@@ -376,6 +381,8 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         breaker.record_success(ctx)
     first = jittered(ctx, ctx.settings.poll_initial_delay)
     now = ctx.clock()
+    poll = Next(task_names.POLL, (run_id, token), first)
+    push = _encode(ctx, [poll])
     # The job id exists only in this process now: outlast a Redis blip to record it.
     ok = ctx.ledger.cas_durable(
         _lease(ctx),
@@ -384,6 +391,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         token=token,
         to=RunState.SUBMITTED,
         next_at=now + first,
+        push=push or (),
         fields={
             "job_id": job.job_id,
             "submit_inflight": False,
@@ -400,7 +408,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         return []
     log_context.bind(job_id=job.job_id)
     log.info("run %s submitted as job %s", run_id, job.job_id)
-    return [Next(task_names.POLL, (run_id, token), first)]
+    return [] if push else [poll]
 
 
 # --- poll -----------------------------------------------------------------------------
@@ -494,6 +502,8 @@ def _reschedule_poll(
     # worker.dispatcher publishes each as a countdown once it is within the horizon.
     horizon = ctx.settings.countdown_horizon
     park = 0 < horizon < countdown
+    step = Next(task_names.POLL, (run.run_id, token), countdown)
+    push = None if park else _encode(ctx, [step])
     ok = ctx.ledger.cas(
         run.run_id,
         states=POLLING_STATES,
@@ -501,15 +511,16 @@ def _reschedule_poll(
         to=fields.get("state_to"),
         next_at=now + countdown,
         park=park,
+        push=push or (),
         fields={
             **{k: v for k, v in fields.items() if k != "state_to"},
             "poll_interval": interval,
             "due_at": now + countdown,
         },
     )
-    if not ok or park:
+    if not ok or park or push:
         return []
-    return [Next(task_names.POLL, (run.run_id, token), countdown)]
+    return [step]
 
 
 def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:

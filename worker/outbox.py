@@ -1,0 +1,97 @@
+"""The transactional outbox: a step's next task is published by the same script that
+records the step, so the ledger write and the publish happen together or not at all.
+
+Without it a poll costs two writes to Redis in a row (the compare-and-set that
+reschedules the run, then kombu's ``LPUSH`` of the countdown message), and a
+worker dying between them loses the chain until the sweeper re-arms it. With
+it, :func:`encode` builds the message exactly as kombu would send it (Celery's
+``send_task`` runs as usual; only the final ``LPUSH`` is captured, through
+kombu's own publish-batch hook ``_put(..., _publish_batch=...)``), and the
+ledger's compare-and-set script pushes it onto the queue when, and only when,
+the compare-and-set succeeds. A stale or duplicate step therefore publishes
+nothing at all.
+
+Used only where it is exact: kombu's Redis transport with the publish-batch
+hook (kombu >= 5.7), a message that is one ``LPUSH``, and a ledger on the same
+Redis as the broker (``HATZ_REDIS_URL`` is both). Anything else makes
+:func:`encode` return None and the step publishes the usual way afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.pipeline import Next
+
+log = logging.getLogger(__name__)
+
+
+class _Collector:
+    """Stands in for kombu's ``PublishBatch``: records the Redis commands of a publish."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+
+def supported() -> bool:
+    """Whether this kombu routes Redis publishes through the publish-batch hook."""
+    try:
+        from kombu.transport import redis as kombu_redis
+    except ImportError:  # pragma: no cover - kombu without the redis extra
+        return False
+    return hasattr(kombu_redis, "PublishBatch")
+
+
+class Outbox:
+    """Encodes :class:`~worker.pipeline.Next` steps into ``(queue key, payload)`` pushes."""
+
+    def __init__(self, celery: Any) -> None:
+        self.celery = celery
+        self.enabled = supported()
+
+    def encode(self, steps: Sequence[Next]) -> list[tuple[str, str]] | None:
+        """The ``LPUSH`` of each step's message, or None (then publish the usual way)."""
+        if not self.enabled:
+            return None
+        from kombu.transport import redis as kombu_redis
+
+        collector = _Collector()
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                if not isinstance(producer.channel, kombu_redis.Channel):
+                    return None
+                channel: Any = producer.channel
+                put = channel._put
+                own = channel.__dict__.get("_put")  # an instance override to put back
+
+                def capture(queue: str, message: Any, **kwargs: Any) -> Any:
+                    kwargs["_publish_batch"] = collector
+                    return put(queue, message, **kwargs)
+
+                channel._put = capture
+                try:
+                    for step in steps:
+                        self.celery.send_task(
+                            step.task,
+                            args=list(step.args),
+                            countdown=step.countdown or None,
+                            producer=producer,
+                        )
+                finally:
+                    if own is None:
+                        del channel._put  # back to the class's method
+                    else:
+                        channel._put = own
+        except Exception as exc:  # never fail a step over the fast path
+            log.debug("outbox: publishing the usual way: %s", exc)
+            return None
+        pushes = [(str(args[0]), str(args[1])) for name, args in collector.commands]
+        if len(pushes) != len(steps) or any(n != "lpush" for n, _ in collector.commands):
+            return None
+        return pushes

@@ -117,6 +117,9 @@ def test_collector_exports_counters_histogram_and_breaker(
     assert samples[("hatz_callback_attempts_total", (("outcome", "5xx"),))] == 1
     assert samples[("hatz_callback_attempts_total", (("outcome", "error"),))] == 1
     assert samples[("hatz_breaker_open", ())] == 1
+    assert samples[("hatz_polls_parked", ())] == 0
+    fake_redis.zadd(keys.parked, {"r1": 1.0, "r2": 2.0})
+    assert _samples(HatzCollector(fake_redis, keys))[("hatz_polls_parked", ())] == 2
 
 
 def test_buffered_counters_ride_on_the_next_compare_and_set_and_flush_writes_the_rest(

@@ -268,6 +268,12 @@ class HatzCollector(Collector):
             [], self.redis.zcount(self.keys.schedule, "-inf", now - self.sweep_grace)
         )
         yield overdue
+        parked = GaugeMetricFamily(
+            "hatz_polls_parked",
+            "Runs whose next poll waits in Redis, beyond HATZ_COUNTDOWN_HORIZON (P:parked)",
+        )
+        parked.add_metric([], self.redis.zcard(self.keys.parked))
+        yield parked
         dead = GaugeMetricFamily(
             "hatz_callbacks_dead_lettered", "Callbacks given up on (P:callbacks:failed)"
         )

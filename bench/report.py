@@ -78,9 +78,17 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 f"{other['worker_cpu_ms_per_poll'] or 0:.2f} ms worker CPU/poll",
             )
         )
-    for key, label in (("big", "3 in flight"), ("fast", "3 in flight")):
-        x = r["inflight"][key]
+    for key, label in (
+        ("big", "3 in flight"),
+        ("fast", "3 in flight"),
+        ("fast_parked", "3 in flight"),
+    ):
+        x = r["inflight"].get(key)
+        if x is None:
+            continue
         name = f"{x['runs']:,} runs @ {x['interval_s']:g} s ({x['offered_polls_per_s']:.0f}/s)"
+        if x.get("countdown_horizon") is not None:
+            name += f", HATZ_COUNTDOWN_HORIZON={x['countdown_horizon']:g}"
         out += _inflight_rows(label, name, x)
     knee = r["knee"]
     steps = ", ".join(

@@ -148,7 +148,10 @@ def run(plan: Plan, log: Any = sys.stderr) -> dict[str, Any]:
         big = scenarios.inflight(b, *plan.big)
         step(f"in flight: {plan.fast[0]} runs every {plan.fast[1]:g} s")
         fast = scenarios.inflight(b, *plan.fast)
-        results["inflight"] = {"big": big, "fast": fast}
+        step(f"in flight: {plan.fast[0]} runs every {plan.fast[1]:g} s, horizon 2 s")
+        fast_parked = scenarios.inflight(b, *plan.fast, countdown_horizon=2.0)
+        fast_parked["countdown_horizon"] = 2.0
+        results["inflight"] = {"big": big, "fast": fast, "fast_parked": fast_parked}
 
         knee: list[dict[str, Any]] = [fast]
         for rate in plan.knee_rates:

@@ -235,7 +235,9 @@ def _wait_all_done(b: Bench, n: int, timeout: float) -> None:
 # --- seeding in-flight runs ---------------------------------------------------------------
 
 
-def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
+def seed_running(
+    b: Bench, app_id: str, n: int, interval: float, horizon: float | None = None
+) -> list[str]:
     """Put ``n`` runs in flight without going through submit, as submit would leave them.
 
     Jobs are created at the fake directly; each run is written to the ledger
@@ -246,6 +248,8 @@ def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
     """
     job_ids = b.fake.create_jobs(app_id, n)
     ledger = b.ctx.ledger
+    if horizon is None:
+        horizon = b.settings.countdown_horizon
     fields = {"app_id": app_id, "inputs": {}, "files": {}, "callback_url": "", "metadata": {}}
 
     def seed(jobs: list[str]) -> list[str]:
@@ -255,7 +259,7 @@ def seed_running(b: Bench, app_id: str, n: int, interval: float) -> list[str]:
                 countdown = random.uniform(0, interval)
                 now = time.time()
                 # As the pipeline reschedules: a poll beyond the horizon is parked.
-                park = 0 < b.settings.countdown_horizon < countdown
+                park = 0 < horizon < countdown
                 ledger.cas(
                     run_id,
                     states=PRE_SUBMIT_STATES,
@@ -339,7 +343,7 @@ def inflight(
         mem0 = b.used_memory()
         app_id = b.fake.add_app(duration=LONG_JOB, pending_seconds=0.0)
         seed_started = time.monotonic()
-        run_ids = seed_running(b, app_id, n, interval)
+        run_ids = seed_running(b, app_id, n, interval, overrides.get("countdown_horizon"))
         seed_seconds = time.monotonic() - seed_started
         # Publishing 10k countdowns outruns the worker's intake: the ones due before it
         # has taken them all from the queue are late because of the seeding, not the

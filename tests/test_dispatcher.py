@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -12,20 +12,22 @@ from worker import task_names
 from worker.context import Context
 from worker.dispatcher import dispatch_due, tick_interval
 from worker.ledger import RunState
-from worker.pipeline import cancel, poll_step
+from worker.pipeline import Next, cancel, poll_step
 from worker.sweeper import sweep
 
 __all__ = ["harness"]  # the fixture, shared with the pipeline tests
 
 
 class Sent:
-    """Stands in for a Celery app: records what would be published."""
+    """Records what the dispatcher would publish (one call per tick's batch)."""
 
     def __init__(self) -> None:
         self.tasks: list[tuple[str, list[Any], float | None]] = []
+        self.batches = 0
 
-    def send_task(self, name: str, args: list[Any], countdown: float | None = None) -> None:
-        self.tasks.append((name, args, countdown))
+    def __call__(self, steps: Sequence[Next]) -> None:
+        self.batches += 1
+        self.tasks += [(s.task, list(s.args), s.countdown or None) for s in steps]
 
 
 def parked_poll(
@@ -137,3 +139,4 @@ def test_dispatch_takes_large_backlogs_in_batches(harness: Callable[..., Harness
 
     assert dispatch_due(ctx, sent, batch=10) == 1
     assert ctx.redis.zcard(ctx.keys.parked) == 0
+    assert sent.batches == 1  # the one live run, published in one batch

@@ -17,6 +17,7 @@ from tests.test_pipeline_unit import StubClient, job
 from worker import task_names
 from worker.celery_app import create_app
 from worker.context import Context
+from worker.dispatcher import publish_batched
 from worker.ledger import PRE_SUBMIT_STATES, RunState
 from worker.local_stack import LocalRedis
 from worker.outbox import Outbox
@@ -124,3 +125,16 @@ def test_compare_and_set_reloads_its_script_after_redis_forgot_it(
 
     assert ctx.ledger.cas(run_id, states=PRE_SUBMIT_STATES, token=0, fields={"x": 1})
     assert ctx.ledger.require(run_id)["x"] == "1"
+
+
+def test_the_dispatcher_publishes_a_tick_in_one_batch_of_ordinary_messages(
+    env: tuple[Context, Celery, StubClient],
+) -> None:
+    ctx, celery, _ = env
+    steps = [Next(task_names.POLL, (f"r{i}", i), 2.0) for i in range(3)]
+
+    publish_batched(celery, steps)
+
+    messages = [_decode(str(m)) for m in ctx.redis.lrange(task_names.QUEUE_POLL, 0, -1)]
+    assert sorted(m["args"][0] for m in messages) == ["r0", "r1", "r2"]
+    assert all(m["headers"]["eta"] for m in messages)

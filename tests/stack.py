@@ -3,6 +3,7 @@ receiver and a real `celery worker` subprocess, plus helpers the tests share."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Iterator, Mapping
@@ -91,9 +92,21 @@ class Stack:
             deliveries = list(self.receiver.deliveries)
         return [d for d in deliveries if _run_of(d) == run_id]
 
+    def poll_gaps(self, app_id: str) -> list[float]:
+        """Seconds between consecutive status polls of this app's jobs, from the fake's log."""
+        times = sorted(c["ts"] for c in self.calls("status", app_id))
+        return [b - a for a, b in itertools.pairwise(times)]
+
     def deliveries_for(self, run_id: str) -> list[dict[str, Any]]:
         """The callbacks for this run that the receiver answered with 2xx."""
         return [d for d in self.receiver.successful() if _run_of(d) == run_id]
+
+
+def assert_spaced(gaps: list[float], interval: float, jitter: float = 0.1) -> None:
+    """Polls ``interval`` ± ``jitter`` apart: never early; the median not late beyond
+    scheduling slack."""
+    assert min(gaps) >= interval * (1 - jitter) - 0.02, gaps
+    assert sorted(gaps)[len(gaps) // 2] <= interval * (1 + jitter) + 0.25, gaps
 
 
 def _run_of(delivery: Mapping[str, Any]) -> str | None:

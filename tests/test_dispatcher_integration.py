@@ -4,13 +4,12 @@ from the fake's call log."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, assert_spaced, running_stack
 from worker import task_names
 from worker.ledger import RunState
 from worker.local_stack import wait_until
@@ -55,14 +54,11 @@ def test_parked_polls_run_on_time_and_no_message_waits_meanwhile(stack: Stack) -
     wait_until(parked_with_nothing_queued, timeout=10, interval=0.01, message="a parked run")
     run = stack.wait(run_id)
 
-    times = sorted(c["ts"] for c in stack.calls("status", app.id))
-    gaps = [b - a for a, b in itertools.pairwise(times)]
+    gaps = stack.poll_gaps(app.id)
     assert run.state is RunState.COMPLETED
     assert len(gaps) >= 4
-    # The dispatcher hands each parked poll over as a countdown, so the spacing is the
-    # configured interval ± jitter: never early, and not late beyond scheduling slack.
-    assert min(gaps) >= INTERVAL * 0.9 - 0.02, gaps
-    assert sorted(gaps)[len(gaps) // 2] <= INTERVAL * 1.1 + 0.25, gaps
+    # The dispatcher hands each parked poll over as a countdown: the same spacing.
+    assert_spaced(gaps, INTERVAL)
     assert r.zcard(stack.context.keys.parked) == 0  # nothing left behind
 
 

@@ -4,7 +4,6 @@ call log and the callback receiver, not from our own ledger."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import requests
 import standardwebhooks
 from celery import Celery
 
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, assert_spaced, running_stack
 from worker import task_names
 from worker.celery_app import publish
 from worker.fake_hatz import FakeInput, FakeStep, FaultConfig
@@ -210,13 +209,10 @@ def test_polls_are_spaced_by_the_configured_countdown(stack: Stack) -> None:
 
     run = stack.wait(stack.enqueue(app.id))
 
-    times = sorted(c["ts"] for c in stack.calls("status", app.id))
-    gaps = [b - a for a, b in itertools.pairwise(times)]
+    gaps = stack.poll_gaps(app.id)
     assert run.state is RunState.COMPLETED
     assert len(gaps) >= 5
-    # countdown = POLL ± 10% jitter; allow scheduling slack above, none below.
-    assert min(gaps) >= POLL * 0.9 - 0.02, gaps
-    assert sorted(gaps)[len(gaps) // 2] <= POLL * 1.1 + 0.25, gaps
+    assert_spaced(gaps, POLL)  # countdown = POLL ± 10 % jitter
 
 
 def test_another_app_can_enqueue_by_task_name_with_send_task(stack: Stack) -> None:

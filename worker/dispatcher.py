@@ -28,15 +28,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
-
-from celery import bootsteps
+from typing import Any
 
 from config import Settings
 from worker import task_names
 from worker.context import Context, get_context
 from worker.ledger import POLLING_STATES
 from worker.pipeline import Next
+from worker.timer_step import TimerStep
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +90,11 @@ def dispatch_due(
             return published
 
 
-class PollDispatcher(bootsteps.StartStopStep):  # type: ignore[misc]
+class PollDispatcher(TimerStep):
     """Consumer bootstep: :func:`dispatch_due` on the consumer's timer (see module doc)."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.tref: Any = None
-
-    def start(self, parent: Any) -> None:
-        """Dispatch now (the worker is consuming), then every tick."""
+    def ticker(self, parent: Any) -> tuple[float, Callable[[], None]]:
+        """Every :func:`tick_interval`; a failed tick is logged and the next one retries."""
         ctx = get_context()
         celery = parent.app
 
@@ -111,13 +104,4 @@ class PollDispatcher(bootsteps.StartStopStep):  # type: ignore[misc]
             except Exception as exc:  # never stop the timer; the next tick retries
                 log.warning("dispatcher: parked polls not published this tick: %s", exc)
 
-        tick()
-        self.tref = parent.timer.call_repeatedly(tick_interval(ctx.settings), tick)
-
-    def stop(self, parent: Any) -> None:
-        """Stop (shutdown, or the consumer restarts after a lost connection)."""
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-
-    shutdown = stop
+        return tick_interval(ctx.settings), tick

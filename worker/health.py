@@ -21,14 +21,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
-from celery import bootsteps
 from celery.beat import PersistentScheduler
 
 from worker.keys import Keys
+from worker.timer_step import TimerStep
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +112,14 @@ def _context() -> Any:
     return get_context()
 
 
-class WorkerHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+class WorkerHeartbeat(TimerStep):
     """Consumer bootstep: a heartbeat every ``HATZ_HEARTBEAT_INTERVAL`` on the consumer's timer."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.tref: Any = None
-
-    def start(self, parent: Any) -> None:
-        """Beat now (the worker is consuming), then on the consumer's timer."""
+    def ticker(self, parent: Any) -> tuple[float, Callable[[], None]]:
+        """Every heartbeat interval; a failed write is logged, the next one retries."""
         ctx = _context()
         name = worker_name(parent.hostname)
-        interval = ctx.settings.heartbeat_interval
+        interval = float(ctx.settings.heartbeat_interval)
 
         def tick() -> None:
             try:
@@ -132,16 +127,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
 
-        tick()
-        self.tref = parent.timer.call_repeatedly(interval, tick)
-
-    def stop(self, parent: Any) -> None:
-        """Stop beating (shutdown, or the consumer restarts after a lost connection)."""
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-
-    shutdown = stop
+        return interval, tick
 
 
 class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]

@@ -20,6 +20,7 @@ from worker import events, task_names
 from worker.callbacks import (
     deliver_step,
     failed_callbacks,
+    index_dead_letter,
     replay_callback,
     send_test,
 )
@@ -422,6 +423,38 @@ def test_other_4xx_dead_letter_at_once(ctx: Context, receiver: Receiver, status:
     assert "hooksecret" not in json.dumps(failed.as_dict())
     assert ctx.redis.zscore(ctx.keys.schedule, run_id) is None
     assert ctx.ledger.require(run_id).state is RunState.COMPLETED
+
+
+def test_a_crash_right_after_the_dead_letter_write_still_leaves_it_listed(
+    ctx: Context, receiver: Receiver
+) -> None:
+    receiver.script = [(410, {}, b"gone")]
+    run_id, steps = ended_run(ctx, receiver.url)
+    real = ctx.redis.evalsha
+
+    def dies_after_writing(*args: Any) -> Any:
+        result = real(*args)
+        if ctx.redis.hget(ctx.keys.run(run_id), "callback_state") == "failed":
+            raise SystemExit("worker killed")  # the write landed; nothing after it runs
+        return result
+
+    ctx.redis.evalsha = dies_after_writing  # type: ignore[method-assign,assignment]
+    with pytest.raises(SystemExit):
+        run_chain(ctx, steps)
+    ctx.redis.evalsha = real  # type: ignore[method-assign]
+
+    assert [f.run_id for f in failed_callbacks(ctx)] == [run_id]
+
+
+def test_a_listed_run_whose_dead_lettering_did_not_complete_is_not_shown(
+    ctx: Context, receiver: Receiver
+) -> None:
+    run_id, steps = ended_run(ctx, receiver.url)
+    index_dead_letter(ctx, run_id)  # ... and the worker died before the record said so
+
+    assert failed_callbacks(ctx) == []
+    run_chain(ctx, steps)  # the sweeper's re-send delivers it
+    assert ctx.redis.zscore(ctx.keys.failed_callbacks, run_id) is None
 
 
 def test_replay_resends_with_the_same_webhook_id_and_clears_the_failure(

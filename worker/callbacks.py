@@ -359,10 +359,22 @@ def deliver_step(
         }
         return _Change(fields, done=True)
 
+    # The list entry first, the record second: a crash in between leaves an entry its
+    # readers skip (the run is not "failed"), never a dead letter missing from the list.
+    index_dead_letter(ctx, run_id)
     if _commit(ctx, run_id, token, dead_letter) is not None:
-        ctx.redis.zadd(ctx.keys.failed_callbacks, {run_id: ctx.clock()})
         log.error("run %s: %s callback to %s dead-lettered: %s", run_id, event.name, where, error)
     return []
+
+
+def index_dead_letter(ctx: Context, run_id: str) -> None:
+    """Put a run on ``P:callbacks:failed`` (before its record says ``failed``).
+
+    :func:`failed_callbacks` lists only runs whose record says so, so an entry
+    whose dead-lettering did not complete is invisible; it leaves the list when
+    a later delivery succeeds or the run expires.
+    """
+    ctx.redis.zadd(ctx.keys.failed_callbacks, {run_id: ctx.clock()})
 
 
 def _delivered(
@@ -438,6 +450,8 @@ def failed_callbacks(ctx: Context, *, limit: int = 1000) -> list[FailedCallback]
         if run is None:  # the run expired from the ledger: nothing left to replay
             ctx.redis.zrem(ctx.keys.failed_callbacks, run_id)
             continue
+        if run.get("callback_state") != "failed":
+            continue  # listed before its record was written (see index_dead_letter)
         todo = events.pending(run)
         event = todo[0] if todo else None
         found.append(

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from worker import task_names
-from worker.callbacks import ACTIVE_CALLBACK_STATES
+from worker.callbacks import ACTIVE_CALLBACK_STATES, index_dead_letter
 from worker.context import Context
 from worker.ledger import POLLING_STATES, PRE_SUBMIT_STATES, TERMINAL_STATES, Run, RunState
 from worker.pipeline import Next, finish
@@ -84,8 +84,10 @@ def _settle_broken(ctx: Context, run: Run) -> list[Next]:
     """End a run whose tasks keep failing unexpectedly, with the error they raise."""
     error = f"gave up after {run.get('internal_errors')} internal errors: {run.get('last_error')}"
     if run.state.is_terminal:
-        # Its callback delivery keeps crashing: dead-letter it, the run stays as it is.
-        ok = ctx.ledger.cas(
+        # Its callback delivery keeps crashing: dead-letter it, the run stays as it is
+        # (list entry first, then the record: see callbacks.index_dead_letter).
+        index_dead_letter(ctx, run.run_id)
+        ctx.ledger.cas(
             run.run_id,
             states=TERMINAL_STATES,
             token=int(run.get("callback_token") or 0),
@@ -93,8 +95,6 @@ def _settle_broken(ctx: Context, run: Run) -> list[Next]:
             unschedule=True,
             fields={"callback_state": "failed", "callback_error": error},
         )
-        if ok:
-            ctx.redis.zadd(ctx.keys.failed_callbacks, {run.run_id: ctx.clock()})
         return []
     to = (
         RunState.AMBIGUOUS

@@ -29,7 +29,7 @@ from worker.cli import main
 from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.ledger import ACTIVE_STATES, RunState
-from worker.pipeline import Next, finish
+from worker.pipeline import Next, cancel, finish
 from worker.retry_after import parse_retry_after
 from worker.webhook_transport import MAX_BODY_READ
 
@@ -455,6 +455,41 @@ def test_a_listed_run_whose_dead_lettering_did_not_complete_is_not_shown(
     assert failed_callbacks(ctx) == []
     run_chain(ctx, steps)  # the sweeper's re-send delivers it
     assert ctx.redis.zscore(ctx.keys.failed_callbacks, run_id) is None
+
+
+def _running_run(ctx: Context, url: str, events_filter: list[str] | None) -> str:
+    run_id, _ = ctx.ledger.create({"app_id": "app-1", "callback_url": url, "events": events_filter})
+    ctx.ledger.cas(run_id, states=ACTIVE_STATES, to=RunState.RUNNING, fields={"job_id": "job-1"})
+    return run_id
+
+
+def test_a_canceled_run_sends_workflow_run_canceled_when_it_asked_for_it(
+    ctx: Context, receiver: Receiver
+) -> None:
+    run_id = _running_run(ctx, receiver.url, [events.COMPLETED, events.CANCELED])
+
+    ok, steps = cancel(ctx, run_id)
+    run_chain(ctx, steps)
+
+    assert ok
+    (request,) = receiver.requests
+    body = json.loads(request["body"])
+    assert body["type"] == events.CANCELED
+    assert body["data"]["run_id"] == run_id
+    assert request["headers"]["webhook-id"] == f"msg_{run_id}_canceled"
+    standardwebhooks.Webhook(SECRET).verify(request["body"], request["headers"])
+    assert ctx.ledger.require(run_id)["callback_state"] == "delivered"
+
+
+def test_a_canceled_run_sends_nothing_by_default(ctx: Context, receiver: Receiver) -> None:
+    run_id = _running_run(ctx, receiver.url, None)
+
+    ok, steps = cancel(ctx, run_id)
+
+    assert ok
+    assert steps == []
+    assert ctx.ledger.require(run_id).state is RunState.CANCELED
+    assert cancel(ctx, run_id) == (False, [])  # already ended
 
 
 def test_replay_resends_with_the_same_webhook_id_and_clears_the_failure(

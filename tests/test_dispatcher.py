@@ -87,7 +87,7 @@ def test_an_overdue_parked_poll_goes_out_at_once(harness: Callable[..., Harness]
 
 def test_canceled_and_rearmed_runs_leave_the_parked_list(harness: Callable[..., Harness]) -> None:
     ctx, _, _, run_id = parked_poll(harness)
-    assert cancel(ctx, run_id)
+    assert cancel(ctx, run_id)[0]
     assert ctx.redis.zcard(ctx.keys.parked) == 0
 
     ctx2, _, clock2, run_id2 = parked_poll(harness)

@@ -411,10 +411,10 @@ def test_canceled_run_ignores_late_polls(harness: Callable[..., Harness]) -> Non
     ctx, client, _ = harness()
     run_id, token = submitted(ctx)
 
-    assert cancel(ctx, run_id)
+    assert cancel(ctx, run_id)[0]
     assert poll_step(ctx, run_id, token) == []
     assert client.calls.count("get_job") == 0
-    assert not cancel(ctx, run_id)
+    assert not cancel(ctx, run_id)[0]
 
 
 def test_sweeper_rearms_a_run_whose_poll_was_lost(harness: Callable[..., Harness]) -> None:
@@ -517,3 +517,13 @@ def test_app_cache_off_asks_the_api_every_time(harness: Callable[..., Harness]) 
     fetch_app(ctx, "app")
     assert client.calls.count("get_app") == 2
     assert not ctx.apps
+
+
+def test_canceling_a_batch_run_frees_its_slot_at_once(harness: Callable[..., Harness]) -> None:
+    ctx, _, _ = harness()
+    run_id, _ = submitted(ctx, batch_id="b1")
+
+    ok, steps = cancel(ctx, run_id)
+
+    assert ok
+    assert steps == [Next(task_names.BATCH_TICK, ("b1",))]

@@ -202,10 +202,18 @@ def wait_for_run(
         time.sleep(interval)
 
 
-def cancel_run(run_id: str, *, context: Context | None = None) -> bool:
+def cancel_run(
+    run_id: str, *, context: Context | None = None, celery: Celery | None = None
+) -> bool:
     """Stop polling and mark the run CANCELED; False if it had already finished.
 
     The Hatz API has no remote cancel: a job already submitted keeps running
-    (and spending credits) at Hatz; only hatz-worker stops following it.
+    (and spending credits) at Hatz; only hatz-worker stops following it. A run
+    that asked for ``workflow_run.canceled`` gets that callback.
     """
-    return cancel(context or get_context(), run_id)
+    ok, steps = cancel(context or get_context(), run_id)
+    if steps:
+        from worker.celery_app import publish
+
+        publish(steps, celery)
+    return ok

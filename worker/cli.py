@@ -574,7 +574,7 @@ def cmd_runs(args: argparse.Namespace, rt: Runtime) -> int:
 def cmd_cancel(args: argparse.Namespace, rt: Runtime) -> int:
     """``cancel``: stop polling; explain that the remote job is not stopped."""
     before = get_run(args.run_id, context=rt.context)
-    if not cancel_run(args.run_id, context=rt.context):
+    if not cancel_run(args.run_id, context=rt.context, celery=rt.celery):
         now = get_run(args.run_id, context=rt.context)
         _err(f"run {args.run_id} already ended ({now.state.value}); nothing to cancel")
         return EXIT_FAILED

@@ -174,7 +174,22 @@ def finish(
     states: frozenset[RunState] | None = None,
     run: Run | None = None,
 ) -> list[Next]:
-    """Move a run to terminal state ``to`` (CAS) and queue its callback, if it has one.
+    """Move a run to terminal state ``to`` (CAS) and queue its callback, if it has one."""
+    return _end(ctx, run_id, token, to, error=error, fields=fields, states=states, run=run)[1]
+
+
+def _end(
+    ctx: Context,
+    run_id: str,
+    token: int | None,
+    to: RunState,
+    *,
+    error: str = "",
+    fields: Mapping[str, Any] | None = None,
+    states: frozenset[RunState] | None = None,
+    run: Run | None = None,
+) -> tuple[bool, list[Next]]:
+    """:func:`finish`, also saying whether this call moved the run.
 
     ``run``: the record the caller already holds (its claim's), to save a read.
     Its callback and batch settings never change mid-run; only a run that wants
@@ -184,7 +199,7 @@ def finish(
     if run is None or events.wants_started(run):
         run = ctx.ledger.get(run_id)
     if run is None:
-        return []
+        return False, []
     # Only when the run's event filter wants this end (or a started event is still owed).
     has_callback = bool(events.pending(run, to))
     changes: dict[str, Any] = dict(fields or {})
@@ -203,7 +218,7 @@ def finish(
         next_at=ctx.clock() + _CALLBACK_GRACE if has_callback else None,
     )
     if not result:
-        return []
+        return False, []
     log.info("run %s -> %s%s", run_id, to.value, f": {error}" if error else "")
     steps: list[Next] = []
     if has_callback:
@@ -213,7 +228,7 @@ def finish(
     if run.get("batch_id"):
         # Frees the run's concurrency slot; the batch sweep recovers a lost tick.
         steps.append(Next(task_names.BATCH_TICK, (str(run["batch_id"]),)))
-    return steps
+    return True, steps
 
 
 # --- submit ---------------------------------------------------------------------------
@@ -604,14 +619,19 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
 # --- cancel ---------------------------------------------------------------------------
 
 
-def cancel(ctx: Context, run_id: str) -> bool:
-    """Stop polling a run and mark it CANCELED. The API has no remote cancel: a submitted
-    job keeps running at Hatz; only our side stops. Returns False if already terminal."""
+def cancel(ctx: Context, run_id: str) -> tuple[bool, list[Next]]:
+    """Stop polling a run and mark it CANCELED; ``(False, [])`` if it had already ended.
+
+    The API has no remote cancel: a submitted job keeps running at Hatz; only
+    our side stops. The follow-ups: its ``workflow_run.canceled`` callback, when
+    the run asked for that event, and its batch's tick (the slot is free).
+    """
     ctx.ledger.require(run_id)
-    result = ctx.ledger.cas(
+    return _end(
+        ctx,
         run_id,
+        None,
+        RunState.CANCELED,
+        error="canceled by request (the Hatz job, if submitted, was not stopped)",
         states=PRE_SUBMIT_STATES | POLLING_STATES,
-        to=RunState.CANCELED,
-        fields={"error": "canceled by request (the Hatz job, if submitted, was not stopped)"},
     )
-    return result.ok

@@ -171,30 +171,27 @@ class Worker(CeleryProcess):
         Path(self.log_path).unlink(missing_ok=True)
 
 
-def rss_bytes(pids: Sequence[int]) -> int:
-    """Sum of VmRSS over ``pids``."""
+def _proc_kb_sum(pids: Sequence[int], name: str, field: str) -> int:
+    """Sum over ``pids`` of the ``field:`` line (kB) of ``/proc/<pid>/<name>``, in bytes."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def pss_bytes(pids: Sequence[int]) -> int:
-    """Sum of proportional set size over ``pids``: shared pages counted once overall."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                if line.startswith(field):
                     total += int(line.split()[1]) * 1024
         except (FileNotFoundError, PermissionError):
             continue
     return total
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Sum of VmRSS over ``pids``."""
+    return _proc_kb_sum(pids, "status", "VmRSS:")
+
+
+def pss_bytes(pids: Sequence[int]) -> int:
+    """Sum of proportional set size over ``pids``: shared pages counted once overall."""
+    return _proc_kb_sum(pids, "smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

@@ -351,7 +351,8 @@ class Ledger:
         if idempotency_key:
             record["idempotency_key"] = idempotency_key
         idem_key = self.keys.idempotency(idempotency_key) if idempotency_key else ""
-        result = self._create(
+        result = _evalsha(
+            self._create,
             keys=[
                 self.keys.run(run_id),
                 self.keys.runs,
@@ -418,7 +419,7 @@ class Ledger:
         must publish its poll; if it dies first, the run's ``next_at`` is still
         in the schedule and the sweeper re-arms it.
         """
-        rows = self._pop_parked(keys=[self.keys.parked], args=[repr(before), limit])
+        rows = _evalsha(self._pop_parked, keys=[self.keys.parked], args=[repr(before), limit])
         ids = [_str(rows[i]) for i in range(0, len(rows), 2)]
         if not ids:
             return []

@@ -36,6 +36,7 @@ from worker.celery_app import create_app
 from worker.context import Context
 from worker.ledger import PRE_SUBMIT_STATES, RunState
 from worker.local_stack import CallbackReceiver, LocalRedis
+from worker.pipeline import poll_hint
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PIPELINE_QUEUES = list(task_names.ALL_QUEUES)
@@ -278,8 +279,23 @@ def seed_running(
                     },
                 )
                 if not park:
+                    hint = poll_hint(
+                        {
+                            "job_id": job_id,
+                            "app_id": app_id,
+                            "state": RunState.RUNNING.value,
+                            "due_at": now + countdown,
+                            "poll_interval": interval,
+                            "hatz_status": "running",
+                            "steps_done": 0,
+                            "submitted_at": now,
+                        }
+                    )
                     b.celery.send_task(
-                        task_names.POLL, args=[run_id, 0], countdown=countdown, producer=producer
+                        task_names.POLL,
+                        args=[run_id, 0, hint],
+                        countdown=countdown,
+                        producer=producer,
                     )
         return run_ids
 

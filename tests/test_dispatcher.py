@@ -12,7 +12,7 @@ from worker import task_names
 from worker.context import Context
 from worker.dispatcher import dispatch_due, tick_interval
 from worker.ledger import RunState
-from worker.pipeline import Next, cancel, poll_step
+from worker.pipeline import Next, cancel, poll_hint, poll_step
 from worker.sweeper import sweep
 
 __all__ = ["harness"]  # the fixture, shared with the pipeline tests
@@ -65,14 +65,15 @@ def test_the_dispatcher_publishes_a_parked_poll_as_a_countdown_once_within_the_h
     assert dispatch_due(ctx, sent) == 1
     assert dispatch_due(ctx, sent) == 0  # taken once only
 
-    ((name, (sent_id, token), countdown),) = sent.tasks
+    ((name, (sent_id, token, hint), countdown),) = sent.tasks
     assert (name, sent_id) == (task_names.POLL, run_id)
     assert countdown == pytest.approx(due - clock.now)
     assert ctx.redis.zcard(ctx.keys.parked) == 0
-    # The published poll is the run's live chain: it claims and polls.
+    # The published poll is the run's live chain, its hint what the record says.
+    assert hint == poll_hint(ctx.ledger.require(run_id))
     client.jobs = [job("complete")]
     clock.now = due
-    poll_step(ctx, run_id, token)
+    poll_step(ctx, run_id, token, hint)
     assert ctx.ledger.require(run_id).state is RunState.COMPLETED
 
 

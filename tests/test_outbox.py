@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from celery import Celery
+from celery._state import _task_stack
 
 from tests.conftest import make_settings
 from tests.test_pipeline_unit import StubClient, job
@@ -18,9 +20,9 @@ from worker import task_names
 from worker.celery_app import create_app
 from worker.context import Context
 from worker.dispatcher import publish_batched
-from worker.ledger import PRE_SUBMIT_STATES, RunState
+from worker.ledger import PRE_SUBMIT_STATES
 from worker.local_stack import LocalRedis
-from worker.outbox import Outbox
+from worker.outbox import Outbox, argsrepr
 from worker.pipeline import Next, poll_step, submit_step
 
 
@@ -59,8 +61,7 @@ def test_encode_builds_celerys_own_message_and_sends_nothing(
     assert queue == task_names.QUEUE_POLL
     assert ctx.redis.llen(task_names.QUEUE_POLL) == 0  # captured, not pushed
     mine = _decode(payload)
-    celery.send_task(task_names.POLL, args=["r1", 3], countdown=5.0)  # the usual way
-    usual = _decode(ctx.redis.lpop(task_names.QUEUE_POLL))  # type: ignore[arg-type]
+    usual = _usual(celery, ctx, Next(task_names.POLL, ("r1", 3), 5.0))  # the usual way
     assert mine["headers"]["task"] == usual["headers"]["task"] == task_names.POLL
     assert mine["args"] == usual["args"] == ["r1", 3]
     assert mine["headers"]["eta"]  # a countdown message
@@ -72,22 +73,104 @@ def test_encode_builds_celerys_own_message_and_sends_nothing(
     assert "_put" not in vars(celery.producer_pool.acquire().channel)
 
 
+_PER_MESSAGE = ("id", "root_id", "parent_id", "eta")  # headers that differ per message
+
+
+def _usual(celery: Celery, ctx: Context, step: Next) -> dict[str, Any]:
+    """``step`` sent through Celery itself, read back from its queue."""
+    celery.send_task(
+        step.task,
+        args=list(step.args),
+        countdown=step.countdown or None,
+        argsrepr=argsrepr(step.args),
+    )
+    return _decode(ctx.redis.lpop(task_names.QUEUE_POLL))  # type: ignore[arg-type]
+
+
+def _same_message(mine: dict[str, Any], usual: dict[str, Any]) -> None:
+    """Equal but for the ids every message gets afresh; the ETA to the millisecond."""
+    for key in _PER_MESSAGE:
+        mine["headers"].pop(key), usual["headers"].pop(key)
+    for key in ("correlation_id", "delivery_tag"):
+        mine["properties"].pop(key), usual["properties"].pop(key)
+    mine.pop("body"), usual.pop("body")
+    assert mine == usual
+
+
+@pytest.mark.parametrize("countdown", [0.0, 7.5])
+def test_messages_after_the_first_are_filled_in_templates_equal_to_celerys(
+    env: tuple[Context, Celery, StubClient], countdown: float
+) -> None:
+    ctx, celery, _ = env
+    hint = ["job-1", "app", "RUNNING", 1.5, 3, 5.0, "running", 0, None, 1.0, None]
+    assert ctx.outbox is not None
+    ctx.outbox.encode([Next(task_names.POLL, ("r0", 1, hint), 2.0)])  # builds the template
+    step = Next(task_names.POLL, ("r1", 4, hint), countdown)
+    started = datetime.now(UTC)
+    ((queue, payload),) = ctx.outbox.encode([step])  # type: ignore[misc]
+    usual = _usual(celery, ctx, step)
+    mine = _decode(payload)
+
+    assert queue == task_names.QUEUE_POLL
+    assert mine["args"] == usual["args"] == ["r1", 4, hint]
+    assert mine["headers"]["argsrepr"] == usual["headers"]["argsrepr"] == "['r1', 4]"
+    assert (
+        mine["headers"]["id"] == mine["headers"]["root_id"] == mine["properties"]["correlation_id"]
+    )
+    assert mine["headers"]["parent_id"] is None
+    assert mine["properties"]["delivery_tag"] != usual["properties"]["delivery_tag"]
+    if countdown:
+        eta = datetime.fromisoformat(mine["headers"]["eta"])
+        assert started + timedelta(seconds=countdown) <= eta
+        assert eta <= datetime.now(UTC) + timedelta(seconds=countdown)
+        assert usual["headers"]["eta"].endswith("+00:00")
+        assert mine["headers"]["eta"].endswith("+00:00")
+    else:
+        assert mine["headers"]["eta"] is None is usual["headers"]["eta"]
+    _same_message(mine, usual)
+
+
+def test_a_template_sent_from_inside_a_task_names_it_as_parent_like_celery(
+    env: tuple[Context, Celery, StubClient],
+) -> None:
+    ctx, celery, _ = env
+    assert ctx.outbox is not None
+    ctx.outbox.encode([Next(task_names.POLL, ("r0", 1), 2.0)])
+
+    @celery.task(name="test.parent")  # type: ignore[untyped-decorator]
+    def parent() -> None: ...
+
+    task = celery.tasks["test.parent"]
+    task.push_request(id="task-7", root_id="root-1", called_directly=False)
+    _task_stack.push(task)
+    try:
+        ((_, payload),) = ctx.outbox.encode([Next(task_names.POLL, ("r1", 2), 2.0)])  # type: ignore[misc]
+        usual = _usual(celery, ctx, Next(task_names.POLL, ("r1", 2), 2.0))
+    finally:
+        _task_stack.pop()
+        task.pop_request()
+    mine = _decode(payload)
+    assert (mine["headers"]["parent_id"], mine["headers"]["root_id"]) == ("task-7", "root-1")
+    assert (usual["headers"]["parent_id"], usual["headers"]["root_id"]) == ("task-7", "root-1")
+
+
 def test_poll_pushes_its_successor_in_the_compare_and_set_and_a_stale_one_pushes_nothing(
     env: tuple[Context, Celery, StubClient],
 ) -> None:
     ctx, _, client = env
     run_id, _ = ctx.ledger.create({"app_id": "app", "inputs": {"topic": "t"}})
-    client.jobs = [job("running"), job("running")]
+    client.jobs = [job("running"), job("running"), job("running")]
     assert submit_step(ctx, run_id, 0) == []  # the first poll went out with the write
     first = _decode(ctx.redis.lpop(task_names.QUEUE_POLL))  # type: ignore[arg-type]
-    assert first["args"] == [run_id, 1]
+    assert first["args"][:2] == [run_id, 1]
 
-    assert poll_step(ctx, run_id, 1) == []
+    assert poll_step(ctx, run_id, *first["args"][1:]) == []
     second = _decode(ctx.redis.lpop(task_names.QUEUE_POLL))  # type: ignore[arg-type]
-    assert second["args"] == [run_id, 2]
-    assert poll_step(ctx, run_id, 1) == []  # a duplicate of the first poll: stale
+    assert second["args"][:2] == [run_id, 2]
+    before = ctx.ledger.require(run_id)
+    assert poll_step(ctx, run_id, *first["args"][1:]) == []  # a duplicate of the first: stale
     assert ctx.redis.llen(task_names.QUEUE_POLL) == 0
-    assert ctx.ledger.require(run_id).state is RunState.RUNNING
+    assert ctx.ledger.require(run_id) == before  # its GET changed nothing
 
 
 def test_a_failed_compare_and_set_pushes_nothing(env: tuple[Context, Celery, StubClient]) -> None:

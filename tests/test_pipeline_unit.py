@@ -26,6 +26,7 @@ from worker.pipeline import (
     Next,
     cancel,
     fetch_app,
+    poll_hint,
     poll_step,
     refresh_documents,
     submit_step,
@@ -151,7 +152,8 @@ def test_submit_stores_job_id_and_schedules_the_first_poll(harness: Callable[...
     run = ctx.ledger.require(run_id)
     assert run.state is RunState.SUBMITTED
     assert run["job_id"] == "job-1"
-    assert steps == [Next(task_names.POLL, (run_id, run.token), 2.0)]
+    # The poll carries what the record now says (its hint), so it reads nothing first.
+    assert steps == [Next(task_names.POLL, (run_id, run.token, poll_hint(run)), 2.0)]
     assert client.calls == ["get_app", "run"]
 
 

@@ -18,6 +18,7 @@ from config import ConfigError, Settings, load_settings
 from worker import logs, task_names
 from worker.dispatcher import PollDispatcher
 from worker.health import WorkerHeartbeat
+from worker.outbox import argsrepr
 from worker.schedules import beat_entries
 
 # Imported for its Celery signal receivers (logging setup, per-task log context).
@@ -197,4 +198,9 @@ def publish(steps: list[Any], celery: Celery | None = None) -> None:
     """Send each :class:`~worker.pipeline.Next` by task name, routed by ``task_routes``."""
     target = celery or app
     for step in steps:
-        target.send_task(step.task, args=list(step.args), countdown=step.countdown or None)
+        target.send_task(
+            step.task,
+            args=list(step.args),
+            countdown=step.countdown or None,
+            argsrepr=argsrepr(step.args),
+        )

@@ -34,7 +34,8 @@ from config import Settings
 from worker import task_names
 from worker.context import Context, get_context
 from worker.ledger import POLLING_STATES
-from worker.pipeline import Next
+from worker.outbox import argsrepr
+from worker.pipeline import HINT_FIELDS, Next, poll_hint
 from worker.timer_step import TimerStep
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def publish_batched(celery: Any, steps: Sequence[Next]) -> None:
                     args=list(step.args),
                     countdown=step.countdown or None,
                     producer=producer,
+                    argsrepr=argsrepr(step.args),
                 )
 
 
@@ -77,9 +79,9 @@ def dispatch_due(
     window_end = now + max(0.0, ctx.settings.countdown_horizon)
     published = 0
     while True:
-        popped = ctx.ledger.pop_parked(window_end, limit=batch)
+        popped = ctx.ledger.pop_parked(window_end, limit=batch, fields=HINT_FIELDS)
         steps = [
-            Next(task_names.POLL, (run_id, run.token), max(0.0, due - now))
+            Next(task_names.POLL, (run_id, run.token, poll_hint(run)), max(0.0, due - now))
             for run_id, due, run in popped
             if run and run.state in POLLING_STATES  # not ended or canceled since
         ]

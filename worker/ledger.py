@@ -411,25 +411,32 @@ class Ledger:
         )
         return [(_str(row[0]), float(row[1])) for row in rows]
 
-    def pop_parked(self, before: float, *, limit: int = 1000) -> list[tuple[str, float, Run]]:
+    def pop_parked(
+        self, before: float, *, limit: int = 1000, fields: Sequence[str] = ()
+    ) -> list[tuple[str, float, Run]]:
         """Take parked runs due before ``before`` off ``Keys.parked``: ``(id, due, record)``.
 
-        Atomic (one script), so two dispatchers never both take a run. A run
-        whose record is gone comes back with an empty record. Whoever pops a run
-        must publish its poll; if it dies first, the run's ``next_at`` is still
-        in the schedule and the sweeper re-arms it.
+        Atomic (one script), so two dispatchers never both take a run. The
+        record holds ``state``, ``token`` and ``fields``; a run whose record is
+        gone comes back with an empty record. Whoever pops a run must publish its
+        poll; if it dies first, the run's ``next_at`` is still in the schedule and
+        the sweeper re-arms it.
         """
         rows = _evalsha(self._pop_parked, keys=[self.keys.parked], args=[repr(before), limit])
         ids = [_str(rows[i]) for i in range(0, len(rows), 2)]
         if not ids:
             return []
+        names = ["state", "token", *(f for f in fields if f not in ("state", "token"))]
         pipe = self.redis.pipeline(transaction=False)
         for run_id in ids:
-            pipe.hmget(self.keys.run(run_id), ["state", "token"])
+            pipe.hmget(self.keys.run(run_id), names)
         out = []
-        for i, (run_id, (state, token)) in enumerate(zip(ids, pipe.execute(), strict=True)):
-            record = Run({"run_id": run_id, "state": _str(state), "token": int(token or 0)})
-            out.append((run_id, float(rows[2 * i + 1]), record if state else Run()))
+        for i, (run_id, values) in enumerate(zip(ids, pipe.execute(), strict=True)):
+            record = Run(
+                {"run_id": run_id}
+                | {k: _decode(k, _str(v)) for k, v in zip(names, values, strict=True) if v}
+            )
+            out.append((run_id, float(rows[2 * i + 1]), record if values[0] else Run()))
         return out
 
     def note_error(self, run_id: str, message: str) -> int:

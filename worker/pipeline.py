@@ -396,7 +396,16 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         breaker.record_success(ctx)
     first = jittered(ctx, ctx.settings.poll_initial_delay)
     now = ctx.clock()
-    poll = Next(task_names.POLL, (run_id, token), first)
+    fields = {
+        "job_id": job.job_id,
+        "submit_inflight": False,
+        "submit_attempts": int(run.get("submit_attempts") or 0) + 1,
+        "poll_interval": ctx.settings.poll_interval,
+        "due_at": now + first,
+        "last_error": "",
+    }
+    hint = poll_hint({**run, **fields, "state": RunState.SUBMITTED.value, "submitted_at": now})
+    poll = Next(task_names.POLL, (run_id, token, hint), first)
     push = _encode(ctx, [poll])
     # The job id exists only in this process now: outlast a Redis blip to record it.
     ok = ctx.ledger.cas_durable(
@@ -407,14 +416,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         to=RunState.SUBMITTED,
         next_at=now + first,
         push=push or (),
-        fields={
-            "job_id": job.job_id,
-            "submit_inflight": False,
-            "submit_attempts": int(run.get("submit_attempts") or 0) + 1,
-            "poll_interval": ctx.settings.poll_interval,
-            "due_at": now + first,
-            "last_error": "",
-        },
+        fields=fields,
     )
     if not ok:
         # Canceled while the request was in flight: the job exists, nobody polls it.
@@ -508,50 +510,109 @@ def _next_interval(ctx: Context, run: Run, job: Job | None) -> float:
     return min(s.poll_max_interval, current * s.poll_backoff)
 
 
+#: The run fields a poll message carries (its *hint*), in this order: all a poll
+#: reads before its ``GET``, as the compare-and-set that published it left them.
+HINT_FIELDS = (
+    "job_id",
+    "app_id",
+    "state",
+    "due_at",
+    "poll_count",
+    "poll_interval",
+    "hatz_status",
+    "steps_done",
+    "not_found_count",
+    "submitted_at",
+    "run_timeout",
+)
+
+
+_POLLING_NAMES = frozenset(s.value for s in POLLING_STATES)
+
+
+def poll_hint(run: Mapping[str, Any]) -> list[Any]:
+    """The hint for a poll of ``run`` (see :func:`poll_step`): a short list, no secrets."""
+    return [run.get(name) for name in HINT_FIELDS]
+
+
+def _from_hint(run_id: str, token: int, hint: Any) -> Run | None:
+    """The partial record a hint stands for; None when there is no usable hint."""
+    if not isinstance(hint, list) or len(hint) != len(HINT_FIELDS):
+        return None
+    fields = {k: v for k, v in zip(HINT_FIELDS, hint, strict=True) if v is not None}
+    if not fields.get("job_id") or fields.get("state") not in _POLLING_NAMES:
+        return None
+    return Run({**fields, "run_id": run_id, "token": token})
+
+
 def _reschedule_poll(
     ctx: Context, run: Run, token: int, interval: float, fields: Mapping[str, Any]
 ) -> list[Next]:
+    """Record this poll and schedule the next, in one compare-and-set that also moves
+    the token on (``token -> token+1``): a duplicate of this message finds it moved."""
     countdown = jittered(ctx, interval)
     now = ctx.clock()
     # Far-off polls are parked in Redis, not held by a worker as countdown messages;
     # worker.dispatcher publishes each as a countdown once it is within the horizon.
     horizon = ctx.settings.countdown_horizon
     park = 0 < horizon < countdown
-    step = Next(task_names.POLL, (run.run_id, token), countdown)
+    changes = {
+        **{k: v for k, v in fields.items() if k != "state_to"},
+        "poll_interval": interval,
+        "due_at": now + countdown,
+    }
+    after = {**run, **changes}
+    if fields.get("state_to"):
+        after["state"] = RunState(fields["state_to"]).value
+    step = Next(task_names.POLL, (run.run_id, token + 1, poll_hint(after)), countdown)
     push = None if park else _encode(ctx, [step])
     ok = ctx.ledger.cas(
         run.run_id,
         states=POLLING_STATES,
         token=token,
         to=fields.get("state_to"),
+        bump_token=True,
         next_at=now + countdown,
         park=park,
         push=push or (),
-        fields={
-            **{k: v for k, v in fields.items() if k != "state_to"},
-            "poll_interval": interval,
-            "due_at": now + countdown,
-        },
+        fields=changes,
     )
     if not ok or park or push:
         return []
     return [step]
 
 
-def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
-    """Poll one run's job once; finish it or reschedule the next poll (one chain per run)."""
-    run = ctx.ledger.claim(run_id, token, POLLING_STATES, _lease(ctx))
-    if run is None:
-        return []
-    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
-    token = run.token
+def poll_step(ctx: Context, run_id: str, token: int, hint: Any = None) -> list[Next]:
+    """Poll one run's job once; finish it or reschedule the next poll (one chain per run).
+
+    With a ``hint`` (:func:`poll_hint`, put in the message by the step that
+    scheduled it) the poll reads nothing before its ``GET``: its one ledger write,
+    the compare-and-set that records the answer and schedules the next poll, checks
+    the token, so a stale or duplicate message changes nothing (it costs one
+    ``GET``). Without a hint (a sweeper re-arm, an older message), or when the
+    message is so late that the sweeper may have re-armed the run meanwhile, the
+    poll first claims the run, as submit does, and skips the ``GET`` when stale.
+    """
     now = ctx.clock()
-    base: dict[str, Any] = {"poll_count": int(run.get("poll_count") or 0) + 1}
+    run = _from_hint(run_id, token, hint)
+    if run is not None and now - float(run.get("due_at") or now) > ctx.settings.sweep_grace / 2:
+        run = None
+    record: Run | None = None  # the full record, when this poll read it (the claim)
+    if run is None:
+        record = run = ctx.ledger.claim(run_id, token, POLLING_STATES, _lease(ctx))
+        if run is None:
+            return []
+        token = run.token
+    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
+    base: dict[str, Any] = {
+        "poll_count": int(run.get("poll_count") or 0) + 1,
+        "claimed_at": now,  # the sweeper's stall detection: a task worked on this run
+    }
     due = run.get("due_at")
     if due:
         base["last_poll_lateness"] = round(max(0.0, now - float(due)), 4)
         ctx.metrics.poll_lateness(base["last_poll_lateness"])
-    submitted_at = float(run.get("submitted_at") or run["created_at"])
+    submitted_at = float(run.get("submitted_at") or run.get("created_at") or now)
     limit = float(run.get("run_timeout") or ctx.settings.run_timeout)
     if now - submitted_at > limit:
         return finish(
@@ -561,7 +622,7 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             RunState.TIMED_OUT,
             error=f"no result after {limit:g} s",
             fields=base,
-            run=run,
+            run=record,
         )
     try:
         job = ctx.client.get_job(run["job_id"])
@@ -569,7 +630,7 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         misses = int(run.get("not_found_count") or 0) + 1
         if misses >= ctx.settings.not_found_limit:
             return finish(
-                ctx, run_id, token, RunState.FAILED, error=exc.detail, fields=base, run=run
+                ctx, run_id, token, RunState.FAILED, error=exc.detail, fields=base, run=record
             )
         fields = {**base, "not_found_count": misses, "last_error": _short(exc)}
         return _reschedule_poll(ctx, run, token, _next_interval(ctx, run, None), fields)
@@ -600,17 +661,24 @@ def poll_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             "documents": documents,
             "last_error": "",
         }
-        return finish(ctx, run_id, token, RunState.COMPLETED, fields=fields, run=run)
+        return finish(ctx, run_id, token, RunState.COMPLETED, fields=fields, run=record)
     if job.status == "failed":
         fields = {**progress, "step_outputs": [_summarise_step(s) for s in job.step_outputs]}
         return finish(
-            ctx, run_id, token, RunState.FAILED, error=_failure_reason(job), fields=fields, run=run
+            ctx,
+            run_id,
+            token,
+            RunState.FAILED,
+            error=_failure_reason(job),
+            fields=fields,
+            run=record,
         )
     steps: list[Next] = []
     if job.status == "running" and run.state is RunState.SUBMITTED:
         progress["state_to"] = RunState.RUNNING
-        if events.wants_started(run):
-            callback_token = int(run.get("callback_token") or 0)
+        full = record or ctx.ledger.get(run_id)  # once per run: its callback settings
+        if full is not None and events.wants_started(full):
+            callback_token = int(full.get("callback_token") or 0)
             steps.append(Next(task_names.DELIVER_CALLBACK, (run_id, callback_token)))
     polls = _reschedule_poll(ctx, run, token, _next_interval(ctx, run, job), progress)
     return polls + steps if polls else []

@@ -22,7 +22,7 @@ from worker.pipeline import Next
 
 log = logging.getLogger(__name__)
 
-Step = Callable[[Context, str, int], list[Next]]
+Step = Callable[..., list[Next]]  # (ctx, run_id, token, *extra)
 
 
 def malformed(run_id: Any, token: Any) -> str:
@@ -38,11 +38,12 @@ def run_step(
     step: Step,
     run_id: Any,
     token: Any,
-    *,
+    *extra: Any,
     task: str,
     context: Callable[[], Context] = get_context,
 ) -> list[Next]:
-    """Run ``step(ctx, run_id, token)`` for ``task``; never raise, return the follow-ups."""
+    """Run ``step(ctx, run_id, token, *extra)`` for ``task``; never raise, return the
+    follow-ups."""
     problem = malformed(run_id, token)
     if problem:
         log.error("%s: malformed message ignored: %s", task, problem)
@@ -53,7 +54,7 @@ def run_step(
         log.exception("%s %s: no worker context; the sweeper will retry", task, run_id)
         return []
     try:
-        return step(ctx, run_id, token)
+        return step(ctx, run_id, token, *extra)
     except Exception as exc:
         log.exception("%s %s: unexpected error; the sweeper will re-arm the run", task, run_id)
         message = f"internal error in {task}: {type(exc).__name__}: {exc}"

@@ -81,7 +81,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
     for key, label in (
         ("big", "3 in flight"),
         ("fast", "3 in flight"),
-        ("fast_parked", "3 in flight"),
+        ("fast_held", "3 in flight"),
     ):
         x = r["inflight"].get(key)
         if x is None:

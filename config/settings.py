@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         default=0.1, ge=0, le=1, description="Relative jitter added to each countdown."
     )
     countdown_horizon: float = Field(
-        default=15.0,
+        default=2.0,
         ge=0,
         description=(
             "Polls due further off than this wait in Redis and become countdowns once "

@@ -221,3 +221,20 @@ def test_the_dispatcher_publishes_a_tick_in_one_batch_of_ordinary_messages(
     messages = [_decode(str(m)) for m in ctx.redis.lrange(task_names.QUEUE_POLL, 0, -1)]
     assert sorted(m["args"][0] for m in messages) == ["r0", "r1", "r2"]
     assert all(m["headers"]["eta"] for m in messages)
+
+
+def test_with_an_outbox_the_dispatcher_pushes_celerys_messages_in_one_pipeline(
+    env: tuple[Context, Celery, StubClient],
+) -> None:
+    ctx, celery, _ = env
+    steps = [Next(task_names.POLL, (f"r{i}", i, ["job", None]), 2.0) for i in range(3)]
+
+    publish_batched(celery, steps, outbox=Outbox(celery), redis=ctx.redis)
+
+    messages = [_decode(str(m)) for m in ctx.redis.lrange(task_names.QUEUE_POLL, 0, -1)]
+    assert sorted(m["args"][:2] for m in messages) == [["r0", 0], ["r1", 1], ["r2", 2]]
+    assert all(m["headers"]["eta"] for m in messages)
+    assert len({m["headers"]["id"] for m in messages}) == 3
+    ctx.redis.delete(task_names.QUEUE_POLL)
+    usual = _usual(celery, ctx, steps[0])
+    _same_message(messages[-1], usual)  # the first step's, built through Celery

@@ -34,7 +34,7 @@ from config import Settings
 from worker import task_names
 from worker.context import Context, get_context
 from worker.ledger import POLLING_STATES
-from worker.outbox import argsrepr
+from worker.outbox import Outbox, argsrepr
 from worker.pipeline import HINT_FIELDS, Next, poll_hint
 from worker.timer_step import TimerStep
 
@@ -50,10 +50,20 @@ def tick_interval(settings: Settings) -> float:
     return min(1.0, horizon / 4) if horizon > 0 else 1.0
 
 
-def publish_batched(celery: Any, steps: Sequence[Next]) -> None:
-    """Publish ``steps`` through one producer, in one Redis pipeline where kombu can
-    (``Producer.batch``, kombu >= 5.7): the main process's event loop waits on one
-    round trip per tick instead of one per poll."""
+def publish_batched(
+    celery: Any, steps: Sequence[Next], *, outbox: Outbox | None = None, redis: Any = None
+) -> None:
+    """Publish ``steps`` in one Redis round trip: with an ``outbox`` (and the broker's
+    ``redis``), as its messages ``LPUSH``ed in one pipeline; otherwise through one
+    producer in kombu's ``Producer.batch`` (kombu >= 5.7). The main process's event
+    loop waits on one round trip per tick instead of one per poll."""
+    pushes = outbox.encode(steps) if outbox is not None and redis is not None else None
+    if pushes is not None:
+        pipe = redis.pipeline(transaction=False)
+        for queue, payload in pushes:
+            pipe.lpush(queue, payload)
+        pipe.execute()
+        return
     with celery.producer_or_acquire() as producer:
         batch = getattr(producer, "batch", None)
         with batch() if batch is not None else contextlib.nullcontext():
@@ -99,10 +109,14 @@ class PollDispatcher(TimerStep):
         """Every :func:`tick_interval`; a failed tick is logged and the next one retries."""
         ctx = get_context()
         celery = parent.app
+        outbox = Outbox(celery)  # this process's own: messages name their origin
+
+        def publish(steps: Sequence[Next]) -> None:
+            publish_batched(celery, steps, outbox=outbox, redis=ctx.redis)
 
         def tick() -> None:
             try:
-                dispatch_due(ctx, lambda steps: publish_batched(celery, steps))
+                dispatch_due(ctx, publish)
             except Exception as exc:  # never stop the timer; the next tick retries
                 log.warning("dispatcher: parked polls not published this tick: %s", exc)
 

@@ -529,3 +529,77 @@ def test_canceling_a_batch_run_frees_its_slot_at_once(harness: Callable[..., Har
 
     assert ok
     assert steps == [Next(task_names.BATCH_TICK, ("b1",))]
+
+
+def _first_poll(ctx: Context, **fields: Any) -> tuple[str, Next]:
+    run_id = new_run(ctx, **fields)
+    (step,) = submit_step(ctx, run_id, 0)
+    return run_id, step
+
+
+def test_a_poll_with_a_hint_reads_nothing_and_writes_once(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, client, _ = harness()
+    run_id, step = _first_poll(ctx)
+    reads: list[str] = []
+
+    def counted(name: str) -> Callable[..., Any]:
+        original = getattr(ctx.ledger, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            reads.append(name)
+            return original(*args, **kwargs)
+
+        return call
+
+    for name in ("get", "claim"):
+        monkeypatch.setattr(ctx.ledger, name, counted(name))
+    client.jobs = [job("running")]
+
+    (nxt,) = poll_step(ctx, *step.args)
+
+    assert reads == []
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.RUNNING
+    assert run.token == step.args[1] + 1  # the one compare-and-set moved the token on
+    assert nxt.args == (run_id, run.token, poll_hint(run))
+    client.jobs = [job("complete")]
+    reads.clear()  # (require reads)
+    assert poll_step(ctx, *nxt.args) == []  # no callback, no batch: nothing follows
+    assert reads == []  # ending a quiet run needs no read either
+    assert ctx.ledger.require(run_id).state is RunState.COMPLETED
+
+
+def test_a_hinted_poll_that_ends_a_run_with_a_callback_still_queues_the_callback(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, _ = harness()
+    run_id, step = _first_poll(ctx, callback_url="https://example.com/hook")
+    assert step.args[2][-1] is False  # not quiet
+    client.jobs = [job("complete")]
+
+    steps = poll_step(ctx, *step.args)
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.COMPLETED
+    assert steps == [Next(task_names.DELIVER_CALLBACK, (run_id, 0))]
+    assert run["callback_state"] == "pending"
+
+
+def test_a_duplicate_hinted_poll_changes_nothing_and_a_very_late_one_claims_first(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, clock = harness()
+    run_id, step = _first_poll(ctx)
+    client.jobs = [job("running"), job("running")]
+    (_next,) = poll_step(ctx, *step.args)
+    before = ctx.ledger.require(run_id)
+
+    assert poll_step(ctx, *step.args) == []  # the same message again: its GET is wasted
+    assert ctx.ledger.require(run_id) == before
+    assert client.jobs == []
+
+    clock.now += ctx.settings.sweep_grace  # so late the sweeper may have re-armed it
+    assert poll_step(ctx, *step.args) == []  # claims first: stale, so no GET at all
+    assert ctx.ledger.require(run_id) == before

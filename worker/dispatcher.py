@@ -35,7 +35,7 @@ from worker import task_names
 from worker.context import Context, get_context
 from worker.ledger import POLLING_STATES
 from worker.outbox import Outbox, argsrepr
-from worker.pipeline import HINT_FIELDS, Next, poll_hint
+from worker.pipeline import HINT_SOURCES, Next, poll_hint
 from worker.timer_step import TimerStep
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def dispatch_due(
     window_end = now + max(0.0, ctx.settings.countdown_horizon)
     published = 0
     while True:
-        popped = ctx.ledger.pop_parked(window_end, limit=batch, fields=HINT_FIELDS)
+        popped = ctx.ledger.pop_parked(window_end, limit=batch, fields=HINT_SOURCES)
         steps = [
             Next(task_names.POLL, (run_id, run.token, poll_hint(run)), max(0.0, due - now))
             for run_id, due, run in popped

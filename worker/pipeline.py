@@ -524,15 +524,24 @@ HINT_FIELDS = (
     "not_found_count",
     "submitted_at",
     "run_timeout",
+    "quiet",  # not a record field: True when the run ends with nothing to send
 )
+#: What :func:`poll_hint` reads from a full record.
+HINT_SOURCES = (*HINT_FIELDS[:-1], "callback_url", "batch_id")
 
 
 _POLLING_NAMES = frozenset(s.value for s in POLLING_STATES)
 
 
 def poll_hint(run: Mapping[str, Any]) -> list[Any]:
-    """The hint for a poll of ``run`` (see :func:`poll_step`): a short list, no secrets."""
-    return [run.get(name) for name in HINT_FIELDS]
+    """The hint for a poll of ``run`` (see :func:`poll_step`): a short list, no secrets.
+
+    ``quiet``: the run has no callback URL and no batch, so its end is one
+    compare-and-set with no follow-up, and the poll that ends it need not read
+    the record (a run's callback and batch never change mid-run).
+    """
+    quiet = run["quiet"] if "quiet" in run else not (run.get("callback_url") or run.get("batch_id"))
+    return [run.get(name) for name in HINT_FIELDS[:-1]] + [bool(quiet)]
 
 
 def _from_hint(run_id: str, token: int, hint: Any) -> Run | None:
@@ -603,6 +612,8 @@ def poll_step(ctx: Context, run_id: str, token: int, hint: Any = None) -> list[N
         if run is None:
             return []
         token = run.token
+    elif run.get("quiet"):
+        record = run  # all that ending it needs: no callback, no batch
     log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
     base: dict[str, Any] = {
         "poll_count": int(run.get("poll_count") or 0) + 1,

@@ -10,11 +10,10 @@ from typing import Any, cast
 
 import fakeredis
 import pytest
-import requests
+import urllib3
 from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from requests.adapters import HTTPAdapter
 
 from config import ConfigError, load_settings
 from tests.conftest import make_settings
@@ -53,21 +52,22 @@ class Recorder:
         self.sent.append((name, args))
 
 
-class Answers(HTTPAdapter):
-    """A transport answering every request with one (status, body) pair."""
+class Answers:
+    """A connection pool answering every request with one (status, body) pair."""
 
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
-        super().__init__()
         self.status, self.body, self.content_type = status, body, content_type
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        response = requests.Response()
-        response.status_code = self.status
-        response._content = self.body
-        response.headers["Content-Type"] = self.content_type
-        response.request = request
-        response.url = request.url or ""
-        return response
+    def urlopen(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
+        return urllib3.HTTPResponse(
+            body=self.body,
+            status=self.status,
+            headers={"Content-Type": self.content_type},
+            preload_content=True,
+        )
+
+    def clear(self) -> None:
+        pass
 
 
 def _no_sleep(_: float) -> None:
@@ -76,15 +76,13 @@ def _no_sleep(_: float) -> None:
 
 def context_answering(status: int, body: bytes, content_type: str = "application/json") -> Context:
     s = make_settings(base_url="http://hatz.test/v1", http_retries=0)
-    session = requests.Session()
     client = HatzClient(
         api_key="k",
         base_url="http://hatz.test/v1",
-        session=session,
+        pool=Answers(status, body, content_type),
         retries=0,
         sleep=lambda _: None,
     )
-    session.mount("http://", Answers(status, body, content_type))
     return Context.from_settings(
         s, redis_client=fakeredis.FakeRedis(decode_responses=True), client=client
     )

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 from worker.errors import (
     HatzAuthError,
@@ -30,42 +36,54 @@ KEY = "sk-very-secret-api-key-42"
 OVERAGE = "Workflows have been rate limited for your organization due to a credit overage."
 
 
-class Script(HTTPAdapter):
-    """A transport that answers from a script: status/body/headers or an exception."""
+@dataclass
+class Sent:
+    """One request as the client handed it to its connection pool."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def path_url(self) -> str:
+        parts = urlsplit(self.url)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class Script:
+    """A connection pool that answers from a script: status/body/headers or an exception."""
 
     def __init__(self, answers: list[Any]) -> None:
-        super().__init__()
         self.answers = list(answers)
-        self.requests: list[requests.PreparedRequest] = []
+        self.requests: list[Sent] = []
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.requests.append(request)
+    def urlopen(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
+        assert kw.get("redirect") is False
+        assert kw.get("retries") is False  # the client retries, by its own rule
+        self.requests.append(Sent(method, url, dict(kw.get("headers") or {}), kw.get("body")))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         status, body, headers = answer if len(answer) == 3 else (*answer, {})
-        response = requests.Response()
-        response.status_code = status
-        response._content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        response.headers.update(headers)
-        response.request = request
-        response.url = request.url or ""
-        return response
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return urllib3.HTTPResponse(body=data, status=status, headers=headers, preload_content=True)
+
+    def clear(self) -> None:
+        pass
 
 
 def client_with(answers: list[Any], **kwargs: Any) -> tuple[HatzClient, Script, list[float]]:
     script = Script(answers)
-    session = requests.Session()
     sleeps: list[float] = []
     client = HatzClient(
         api_key=KEY,
         base_url="http://hatz.test/v1",
-        session=session,
+        pool=script,
         sleep=sleeps.append,
         retries=kwargs.pop("retries", 2),
         **kwargs,
     )
-    session.mount("http://", script)
     return client, script, sleeps
 
 
@@ -169,8 +187,8 @@ def test_get_gives_up_after_the_configured_retries() -> None:
 def test_submit_is_not_retried_when_the_request_may_have_reached_the_server() -> None:
     for failure in (
         (500, {"detail": "x"}),
-        requests.ReadTimeout("slow"),
-        requests.ConnectionError(ProtocolError("reset")),
+        ReadTimeoutError(None, "/", "slow"),  # type: ignore[arg-type]
+        ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
     ):
         client, script, _ = client_with([failure, (200, {"job_id": "j"})])
 
@@ -181,9 +199,7 @@ def test_submit_is_not_retried_when_the_request_may_have_reached_the_server() ->
 
 
 def test_submit_is_retried_when_the_connection_never_opened() -> None:
-    refused = requests.ConnectionError(
-        MaxRetryError(None, "/", NewConnectionError(None, "refused"))  # type: ignore[arg-type]
-    )
+    refused = NewConnectionError(None, "refused")  # type: ignore[arg-type]
     client, script, _ = client_with(
         [refused, (200, {"status": "Workflow Job Invoked", "job_id": "j"})]
     )
@@ -195,9 +211,11 @@ def test_submit_is_retried_when_the_connection_never_opened() -> None:
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (requests.ConnectTimeout("x"), HatzConnectError),
-        (requests.ReadTimeout("x"), HatzTimeoutError),
-        (requests.ConnectionError(ProtocolError("Connection aborted")), HatzTransportError),
+        (ConnectTimeoutError("x"), HatzConnectError),
+        (NewConnectionError(None, "refused"), HatzConnectError),  # type: ignore[arg-type]
+        (ReadTimeoutError(None, "/", "x"), HatzTimeoutError),  # type: ignore[arg-type]
+        (ProtocolError("Connection aborted.", ConnectionResetError()), HatzTransportError),
+        (ConnectionResetError(104, "reset"), HatzTransportError),
     ],
 )
 def test_transport_failures_become_typed_errors(exc: Exception, expected: type[HatzError]) -> None:
@@ -243,7 +261,7 @@ def test_upload_streams_a_multipart_body_with_content_length(tmp_path: Any) -> N
     assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
     assert int(request.headers["Content-Length"]) > 300_000
     assert not isinstance(request.body, bytes)  # streamed, not read into memory
-    body = b"".join(request.body)  # type: ignore[arg-type]
+    body = b"".join(request.body)
     assert b'name="scope_type"\r\n\r\nworkflow' in body
     assert b'name="scope_id"\r\n\r\napp-1' in body
 
@@ -303,6 +321,6 @@ def test_proxy_settings_are_read_from_the_environment_once_at_start_up(
     bypassed = HatzClient(api_key="k" * 20, base_url="https://internal.example/v1")
     monkeypatch.setenv("HTTPS_PROXY", "http://changed.example:1")
 
-    assert proxied._session.proxies.get("https") == "http://proxy.example:3128"
-    assert not bypassed._session.proxies
-    assert proxied._session.trust_env is False  # no per-request environment lookups
+    assert isinstance(proxied._pool, urllib3.ProxyManager)
+    assert str(proxied._pool.proxy) == "http://proxy.example:3128"
+    assert not isinstance(bypassed._pool, urllib3.ProxyManager)

@@ -81,7 +81,7 @@ def _clients_for_process() -> tuple[redis.Redis, HatzClient]:
     return _clients[pid]
 
 
-@app.task(name=NOOP, acks_late=False)  # type: ignore[untyped-decorator]  # as hatz.poll
+@app.task(name=NOOP, acks_late=False)  # type: ignore[untyped-decorator]  # as hatz.submit/poll
 def noop() -> None:
     """Do nothing but count: the ceiling of a Celery task on this Redis and these settings."""
     _clients_for_process()[0].incr(NOOP_DONE)

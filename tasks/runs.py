@@ -21,18 +21,20 @@ def run_workflow(**request: Any) -> str:
     return enqueue_run(context=get_context(), celery=app, **request)
 
 
-@app.task(name=task_names.SUBMIT)  # type: ignore[untyped-decorator]
+# Submit and poll are acknowledged when a pool process starts them, not when they
+# return: the worker's main process then sends the acknowledgement while the task
+# runs instead of between one task and the next (these tasks take a few ms; ~10 %
+# more of them per second, see README "Performance"). Redelivering them would
+# not help anyway: each claims its run (token t -> t+1) first, so a redelivered
+# copy is stale. A task lost with its pool process leaves its run due in the
+# ledger, and the sweeper re-arms it.
+@app.task(name=task_names.SUBMIT, acks_late=False)  # type: ignore[untyped-decorator]
 def submit(run_id: str, token: int) -> None:
     """Validate, upload and submit a run (``hatz.submit``)."""
     publish(run_step(submit_step, run_id, token, task=task_names.SUBMIT), app)
 
 
-# Acknowledged when a pool process starts it, not when it returns: the worker's
-# main process then sends that acknowledgement while the poll runs, instead of
-# between one poll and the next (a poll is a few ms; ~10 % more polls/s, see README
-# "Performance"). A poll lost with its pool process costs nothing the ledger does
-# not cover: the run stays due and the sweeper re-arms it.
-@app.task(name=task_names.POLL, acks_late=False)  # type: ignore[untyped-decorator]
+@app.task(name=task_names.POLL, acks_late=False)  # type: ignore[untyped-decorator]  # see submit
 def poll(run_id: str, token: int, hint: list[Any] | None = None) -> None:
     """Poll a run's job once and reschedule itself with a countdown (``hatz.poll``).
 

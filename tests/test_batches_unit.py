@@ -484,3 +484,28 @@ def test_overlap_queue_fires_when_the_previous_batch_finishes(
     assert queued.outcome == "queued"
     assert steps == [Next(task_names.FIRE_SCHEDULE, ("s", "queued"))]
     assert fire(ctx, "s", reason="queued").outcome == "fired"
+
+
+def test_a_submit_reads_a_closed_breaker_with_its_claim_and_asks_it_only_when_open(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, client, _ = harness(overage_pause=5.0, poll_jitter=0.0)
+    asked: list[bool] = []
+    allow = breaker.allow_submit
+
+    def counted(c: Any) -> breaker.Decision:
+        decision = allow(c)
+        asked.append(decision.allowed)
+        return decision
+
+    monkeypatch.setattr(breaker, "allow_submit", counted)
+    closed_run = ctx.ledger.create({"app_id": "app", "inputs": {"topic": "a"}})[0]
+    assert [s.task for s in submit_step(ctx, closed_run, 0)] == [task_names.POLL]
+    assert asked == []  # closed, as read in the claim's round trip: no second question
+
+    breaker.record_overage(ctx, "429")
+    open_run = ctx.ledger.create({"app_id": "app", "inputs": {"topic": "b"}})[0]
+    (paused,) = submit_step(ctx, open_run, 0)
+    assert asked == [False]  # open: the breaker itself decides (and may grant a probe)
+    assert paused.task == task_names.SUBMIT
+    assert client.calls == ["run"]

@@ -210,6 +210,26 @@ def test_compare_and_set_reloads_its_script_after_redis_forgot_it(
     assert ctx.ledger.require(run_id)["x"] == "1"
 
 
+def test_a_claim_reads_another_hash_field_in_the_same_round_trip_even_after_a_flush(
+    env: tuple[Context, Celery, StubClient],
+) -> None:
+    ctx, _, _ = env
+    run_id, _ = ctx.ledger.create({"app_id": "app"})
+    ctx.redis.hset("elsewhere", "state", "open")
+    ctx.redis.script_flush()  # what a restarted Redis looks like
+
+    claimed = ctx.ledger.claim_peeking(
+        run_id, 0, PRE_SUBMIT_STATES, 30.0, peek=("elsewhere", "state")
+    )
+    stale = ctx.ledger.claim_peeking(run_id, 0, PRE_SUBMIT_STATES, 30.0, peek=("nothing", "x"))
+
+    assert claimed.record is not None
+    assert claimed.record.token == 1
+    assert claimed.peeked == "open"
+    assert not stale  # the token moved on: a stale claim still reports its peek
+    assert stale.peeked is None
+
+
 def test_the_dispatcher_publishes_a_tick_in_one_batch_of_ordinary_messages(
     env: tuple[Context, Celery, StubClient],
 ) -> None:

@@ -90,6 +90,11 @@ def _probe_lease(ctx: Context) -> float:
     return s.http_connect_timeout + s.http_read_timeout + 5.0
 
 
+def closed(state: str | None) -> bool:
+    """Whether the breaker's ``state`` field (as read by the caller) lets every submit go."""
+    return state != OPEN
+
+
 def allow_submit(ctx: Context) -> Decision:
     """Ask the breaker before ``POST /workflows/run``; cheap (one Lua call) when closed."""
     script = ctx.redis.register_script(_ALLOW)

@@ -277,17 +277,24 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
 
 
 class CasResult:
-    """Outcome of a compare-and-set: ``ok``, the new token, the state before, the record."""
+    """Outcome of a compare-and-set: ``ok``, the new token, the state before, the record,
+    and the value its ``peek`` read (None without one)."""
 
-    __slots__ = ("ok", "record", "state_before", "token")
+    __slots__ = ("ok", "peeked", "record", "state_before", "token")
 
     def __init__(
-        self, ok: bool, token: int = 0, state_before: str = "", record: Run | None = None
+        self,
+        ok: bool,
+        token: int = 0,
+        state_before: str = "",
+        record: Run | None = None,
+        peeked: str | None = None,
     ) -> None:
         self.ok = ok
         self.token = token
         self.state_before = state_before
         self.record = record
+        self.peeked = peeked
 
     def __bool__(self) -> bool:
         return self.ok
@@ -473,6 +480,7 @@ class Ledger:
         return_record: bool = False,
         park: bool = False,
         push: Sequence[tuple[str, str]] = (),
+        peek: tuple[str, str] | None = None,
     ) -> CasResult:
         """Atomically change a run if its state is in ``states`` and its token is ``token``.
 
@@ -487,7 +495,9 @@ class Ledger:
         waits in ``Keys.parked`` for :mod:`worker.dispatcher`; any other schedule
         change takes the run off that list. ``push``: ``(queue key, payload)``
         messages to ``LPUSH`` if, and only if, the compare-and-set succeeds
-        (:mod:`worker.outbox`).
+        (:mod:`worker.outbox`). ``peek``: ``(hash key, field)`` read in the same round
+        trip, right after the script (not atomically with it), into
+        :attr:`CasResult.peeked`.
         """
         if park and next_at is None:
             raise ValueError("park needs next_at")
@@ -497,42 +507,44 @@ class Ledger:
             schedule = "-"
         else:
             schedule = "" if next_at is None else repr(next_at)
-        result = _evalsha(
-            self._cas,
-            keys=[
-                self.keys.run(run_id),
-                self.keys.schedule,
-                self.keys.metrics,
-                self.keys.parked,
-                *(queue for queue, _ in push),
-            ],
-            args=[
-                run_id,
-                _allowed(states),
-                token_field,
-                "" if token is None else str(token),
-                "" if to is None else to.value,
-                repr(now),
-                schedule,
-                str(self.retention) if terminal else "",
-                "1" if bump_token else "0",
-                "1" if return_record else "0",
-                "1" if park else "0",
-                *self._counter_args(),
-                str(len(push)),
-                *(payload for _, payload in push),
-                *_flat(fields or {}),
-            ],
-        )
+        keys = [
+            self.keys.run(run_id),
+            self.keys.schedule,
+            self.keys.metrics,
+            self.keys.parked,
+            *(queue for queue, _ in push),
+        ]
+        args = [
+            run_id,
+            _allowed(states),
+            token_field,
+            "" if token is None else str(token),
+            "" if to is None else to.value,
+            repr(now),
+            schedule,
+            str(self.retention) if terminal else "",
+            "1" if bump_token else "0",
+            "1" if return_record else "0",
+            "1" if park else "0",
+            *self._counter_args(),
+            str(len(push)),
+            *(payload for _, payload in push),
+            *_flat(fields or {}),
+        ]
+        peeked = None
+        if peek is None:
+            result = _evalsha(self._cas, keys=keys, args=args)
+        else:
+            result, peeked = _evalsha_and_hget(self._cas, keys=keys, args=args, peek=peek)
         code = int(result[0])
         if code == -1:
-            return CasResult(False, state_before="")
+            return CasResult(False, state_before="", peeked=peeked)
         if code == 0:
-            return CasResult(False, state_before=_str(result[1]))
+            return CasResult(False, state_before=_str(result[1]), peeked=peeked)
         record = None
         if return_record:
             record = Run.from_hash(_pairs([_str(x) for x in result[3]]))
-        return CasResult(True, int(result[1]), _str(result[2]), record)
+        return CasResult(True, int(result[1]), _str(result[2]), record, peeked)
 
     def _counter_args(self) -> list[str]:
         counts = self.counters() if self.counters is not None else {}
@@ -575,8 +587,25 @@ class Ledger:
         stale, duplicated, or the run is in another state. Stamps ``claimed_at``:
         the sweeper's stall detection reads it as "a task last worked on this run".
         """
+        result = self.claim_peeking(
+            run_id, token, states, lease, token_field=token_field, fields=fields
+        )
+        return result.record if result else None
+
+    def claim_peeking(
+        self,
+        run_id: str,
+        token: int,
+        states: Iterable[RunState],
+        lease: float,
+        *,
+        token_field: str = "token",
+        fields: Mapping[str, Any] | None = None,
+        peek: tuple[str, str] | None = None,
+    ) -> CasResult:
+        """:meth:`claim`, the record in ``.record``; ``peek`` as :meth:`cas` reads it."""
         stamp = {"claimed_at": self.clock()} if token_field == "token" else {}
-        result = self.cas(
+        return self.cas(
             run_id,
             states=states,
             token=token,
@@ -585,8 +614,8 @@ class Ledger:
             next_at=self.clock() + lease,
             fields={**stamp, **(fields or {})},
             return_record=True,
+            peek=peek,
         )
-        return result.record if result else None
 
 
 def _evalsha(script: Any, *, keys: list[str], args: list[Any]) -> Any:
@@ -596,6 +625,26 @@ def _evalsha(script: Any, *, keys: list[str], args: list[Any]) -> Any:
         return script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:
         return script(keys=keys, args=args)
+
+
+def _evalsha_and_hget(
+    script: Any, *, keys: list[str], args: list[Any], peek: tuple[str, str]
+) -> tuple[Any, str | None]:
+    """:func:`_evalsha` and ``HGET peek`` in one round trip (a pipeline, not a transaction)."""
+    client = script.registered_client
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.hget(*peek)
+        try:
+            result, value = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            if attempt == 2:
+                raise
+            client.script_load(script.script)
+            continue
+        return result, None if value is None else _str(value)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _str(value: Any) -> str:

@@ -56,6 +56,9 @@ _UUID = re.compile(
 _MAX_OUTPUT_CHARS = 100_000
 _MAX_ERROR_CHARS = 500
 _CALLBACK_GRACE = 120.0
+#: How long a submit trusts the breaker state read with its claim, s (beyond it,
+#: e.g. after uploading files, it asks the breaker again).
+_BREAKER_READ_VALID = 1.0
 
 
 @dataclass(frozen=True)
@@ -282,9 +285,15 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
 
     A stale or duplicate message (wrong token, run already past submit) is a no-op.
     """
-    run = ctx.ledger.claim(run_id, token, PRE_SUBMIT_STATES, _lease(ctx))
+    # The breaker's state comes back with the claim (same round trip): while it is
+    # closed, and the send follows at once, asking it again would cost a round trip.
+    claimed = ctx.ledger.claim_peeking(
+        run_id, token, PRE_SUBMIT_STATES, _lease(ctx), peek=(ctx.keys.breaker, "state")
+    )
+    run = claimed.record
     if run is None:
         return []
+    claimed_at = ctx.clock()
     log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
     token = run.token
     if run.get("submit_inflight"):
@@ -345,7 +354,10 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
 
     # The org-wide credit-overage breaker: while it is open the run waits (no attempt
     # counted, no deadline) and asks again; only one probe submit goes at a time.
-    decision = breaker.allow_submit(ctx)
+    if breaker.closed(claimed.peeked) and ctx.clock() - claimed_at < _BREAKER_READ_VALID:
+        decision = breaker.Decision(True)
+    else:
+        decision = breaker.allow_submit(ctx)
     if not decision.allowed:
         return _pause_submit(ctx, run_id, token, decision.wait)
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("1 ceiling", "2 polls", "3 in flight", "3 knee", "4 naive", "5 detection", "6 API")
 KEYS = (
     "machine",
+    "rounds",
     "ceiling",
     "first_poll",
     "poll_throughput",

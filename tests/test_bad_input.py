@@ -23,7 +23,7 @@ from worker.context import Context
 from worker.errors import HatzError
 from worker.hatz_client import HatzClient
 from worker.ledger import RunState
-from worker.pipeline import Next, poll_step, submit_step
+from worker.pipeline import HINT_FIELDS, Next, poll_step, submit_step
 from worker.sweeper import sweep
 from worker.task_guard import run_step
 
@@ -138,6 +138,23 @@ def test_a_malformed_task_message_never_raises(run_id: Any, token: Any) -> None:
     ctx = context_answering(200, b"{}")
     for step, task in ((submit_step, task_names.SUBMIT), (poll_step, task_names.POLL)):
         assert run_step(step, run_id, token, task=task, context=lambda: ctx) == []
+
+
+@FAST
+@given(hint=anything | st.lists(json_values, min_size=len(HINT_FIELDS), max_size=len(HINT_FIELDS)))
+def test_a_malformed_poll_hint_never_raises_and_the_poll_reads_the_run_instead(hint: Any) -> None:
+    # Given a submitted run and a poll message whose hint is anything at all
+    ctx = context_answering(200, json.dumps({"job_id": "job-1", "status": "running"}).encode())
+    run_id, _ = ctx.ledger.create({"app_id": "a", "inputs": {}})
+    ctx.ledger.cas(run_id, states=None, to=RunState.SUBMITTED, fields={"job_id": "job-1"})
+
+    # When it runs: it never raises, and the run's chain goes on
+    steps = run_step(poll_step, run_id, 0, hint, task=task_names.POLL, context=lambda: ctx)
+
+    run = ctx.ledger.require(run_id)
+    assert run.state in (RunState.SUBMITTED, RunState.RUNNING)
+    assert [s.task for s in steps] == [task_names.POLL]
+    assert steps[0].args[:2] == (run_id, run.token)
 
 
 def test_an_unexpected_error_is_recorded_and_the_sweeper_settles_the_run_after_the_limit() -> None:

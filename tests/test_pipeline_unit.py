@@ -23,6 +23,7 @@ from worker.errors import (
 from worker.hatz_types import App, Job, PresignedURL, SubmittedJob, UploadedFile, UserInput
 from worker.ledger import RunState
 from worker.pipeline import (
+    HINT_FIELDS,
     Next,
     cancel,
     fetch_app,
@@ -603,3 +604,38 @@ def test_a_duplicate_hinted_poll_changes_nothing_and_a_very_late_one_claims_firs
     clock.now += ctx.settings.sweep_grace  # so late the sweeper may have re-armed it
     assert poll_step(ctx, *step.args) == []  # claims first: stale, so no GET at all
     assert ctx.ledger.require(run_id) == before
+
+
+def test_a_hint_built_from_any_polling_record_is_one_a_poll_accepts() -> None:
+    from worker.ledger import Run
+    from worker.pipeline import _from_hint
+
+    record = Run.from_hash(
+        {
+            "run_id": "r",
+            "state": "RUNNING",
+            "token": "3",
+            "job_id": "j",
+            "app_id": "a",
+            "due_at": "12.5",
+            "poll_count": "4",
+            "poll_interval": "5.0",
+            "hatz_status": "running",
+            "steps_done": "1",
+            "not_found_count": "0",
+            "submitted_at": "1.0",
+            "run_timeout": "3600",
+            "callback_url": "https://example.com/hook?token=secret",
+        }
+    )
+
+    hint = poll_hint(record)
+
+    assert hint == ["j", "a", "RUNNING", 12.5, 4, 5.0, "running", 1, 0, 1.0, 3600.0, False]
+    assert "secret" not in repr(hint)  # the callback URL itself never travels
+    assert _from_hint("r", 3, hint) == {
+        **dict(zip(HINT_FIELDS, hint, strict=True)),
+        "run_id": "r",
+        "token": 3,
+    }
+    assert _from_hint("r", 3, [*hint[:3], "12.5", *hint[4:]]) is None  # a wrong type

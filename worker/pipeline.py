@@ -556,11 +556,33 @@ def poll_hint(run: Mapping[str, Any]) -> list[Any]:
     return [run.get(name) for name in HINT_FIELDS[:-1]] + [bool(quiet)]
 
 
+#: The type of each hint entry (None is always allowed, but for the job id).
+_HINT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "job_id": str,
+    "app_id": str,
+    "state": str,
+    "hatz_status": str,
+    "due_at": (int, float),
+    "poll_interval": (int, float),
+    "submitted_at": (int, float),
+    "run_timeout": (int, float),
+    "poll_count": int,
+    "steps_done": int,
+    "not_found_count": int,
+    "quiet": bool,
+}
+
+
 def _from_hint(run_id: str, token: int, hint: Any) -> Run | None:
-    """The partial record a hint stands for; None when there is no usable hint."""
+    """The partial record a hint stands for; None when there is no usable hint (then
+    the poll claims the run and reads it, as without one)."""
     if not isinstance(hint, list) or len(hint) != len(HINT_FIELDS):
         return None
     fields = {k: v for k, v in zip(HINT_FIELDS, hint, strict=True) if v is not None}
+    for name, value in fields.items():
+        kind = _HINT_TYPES[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            return None
     if not fields.get("job_id") or fields.get("state") not in _POLLING_NAMES:
         return None
     return Run({**fields, "run_id": run_id, "token": token})

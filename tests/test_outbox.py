@@ -17,7 +17,7 @@ from celery._state import _task_stack
 from tests.conftest import make_settings
 from tests.test_pipeline_unit import StubClient, job
 from worker import task_names
-from worker.celery_app import create_app
+from worker.celery_app import create_app, publish
 from worker.context import Context
 from worker.dispatcher import publish_batched
 from worker.ledger import PRE_SUBMIT_STATES
@@ -83,6 +83,7 @@ def _usual(celery: Celery, ctx: Context, step: Next) -> dict[str, Any]:
         args=list(step.args),
         countdown=step.countdown or None,
         argsrepr=argsrepr(step.args),
+        ignore_result=True,
     )
     return _decode(ctx.redis.lpop(task_names.QUEUE_POLL))  # type: ignore[arg-type]
 
@@ -258,3 +259,21 @@ def test_with_an_outbox_the_dispatcher_pushes_celerys_messages_in_one_pipeline(
     ctx.redis.delete(task_names.QUEUE_POLL)
     usual = _usual(celery, ctx, steps[0])
     _same_message(messages[-1], usual)  # the first step's, built through Celery
+
+
+def test_publishing_a_step_never_subscribes_to_its_result(
+    env: tuple[Context, Celery, StubClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, celery, _ = env
+    subscribed: list[Any] = []
+    monkeypatch.setattr(celery.backend, "on_task_call", lambda *a, **k: subscribed.append(a))
+    assert ctx.outbox is not None
+
+    publish([Next(task_names.POLL, ("r1", 1), 0.0)], celery)  # the usual way
+    publish_batched(celery, [Next(task_names.POLL, ("r2", 1), 1.0)])  # the dispatcher's
+    assert ctx.outbox.encode([Next(task_names.POLL, ("r3", 1), 1.0)])  # the outbox's first
+
+    assert subscribed == []  # no task of ours stores a result: none is waited for
+    assert ctx.redis.llen(task_names.QUEUE_POLL) == 2
+    headers = [_decode(str(m))["headers"] for m in ctx.redis.lrange(task_names.QUEUE_POLL, 0, -1)]
+    assert all(h["ignore_result"] is True for h in headers)

@@ -206,4 +206,5 @@ def publish(steps: list[Any], celery: Celery | None = None) -> None:
             args=list(step.args),
             countdown=step.countdown or None,
             argsrepr=argsrepr(step.args),
+            ignore_result=True,  # no result is stored: not even a subscription
         )

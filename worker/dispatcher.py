@@ -74,6 +74,7 @@ def publish_batched(
                     countdown=step.countdown or None,
                     producer=producer,
                     argsrepr=argsrepr(step.args),
+                    ignore_result=True,  # no result is stored: not even a subscription
                 )
 
 

@@ -155,6 +155,7 @@ class Outbox:
                             countdown=step.countdown or None,
                             producer=producer,
                             argsrepr=argsrepr(step.args),
+                            ignore_result=True,  # no result is stored: not even a subscription
                         )
                 finally:
                     if own is None:

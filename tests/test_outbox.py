@@ -22,7 +22,7 @@ from worker.context import Context
 from worker.dispatcher import publish_batched
 from worker.ledger import PRE_SUBMIT_STATES
 from worker.local_stack import LocalRedis
-from worker.outbox import Outbox, argsrepr
+from worker.outbox import Outbox, send_step
 from worker.pipeline import Next, poll_step, submit_step
 
 
@@ -78,13 +78,7 @@ _PER_MESSAGE = ("id", "root_id", "parent_id", "eta")  # headers that differ per 
 
 def _usual(celery: Celery, ctx: Context, step: Next) -> dict[str, Any]:
     """``step`` sent through Celery itself, read back from its queue."""
-    celery.send_task(
-        step.task,
-        args=list(step.args),
-        countdown=step.countdown or None,
-        argsrepr=argsrepr(step.args),
-        ignore_result=True,
-    )
+    send_step(celery, step)
     return _decode(ctx.redis.lpop(task_names.QUEUE_POLL))  # type: ignore[arg-type]
 
 

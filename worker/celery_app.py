@@ -18,7 +18,7 @@ from config import ConfigError, Settings, load_settings
 from worker import logs, task_names
 from worker.dispatcher import PollDispatcher
 from worker.health import WorkerHeartbeat
-from worker.outbox import argsrepr
+from worker.outbox import send_step
 from worker.schedules import beat_entries
 
 # Imported for its Celery signal receivers (logging setup, per-task log context).
@@ -201,10 +201,4 @@ def publish(steps: list[Any], celery: Celery | None = None) -> None:
     """Send each :class:`~worker.pipeline.Next` by task name, routed by ``task_routes``."""
     target = celery or app
     for step in steps:
-        target.send_task(
-            step.task,
-            args=list(step.args),
-            countdown=step.countdown or None,
-            argsrepr=argsrepr(step.args),
-            ignore_result=True,  # no result is stored: not even a subscription
-        )
+        send_step(target, step)

@@ -34,7 +34,7 @@ from config import Settings
 from worker import task_names
 from worker.context import Context, get_context
 from worker.ledger import POLLING_STATES
-from worker.outbox import Outbox, argsrepr
+from worker.outbox import Outbox, send_step
 from worker.pipeline import HINT_SOURCES, Next, poll_hint
 from worker.timer_step import TimerStep
 
@@ -68,14 +68,7 @@ def publish_batched(
         batch = getattr(producer, "batch", None)
         with batch() if batch is not None else contextlib.nullcontext():
             for step in steps:
-                celery.send_task(
-                    step.task,
-                    args=list(step.args),
-                    countdown=step.countdown or None,
-                    producer=producer,
-                    argsrepr=argsrepr(step.args),
-                    ignore_result=True,  # no result is stored: not even a subscription
-                )
+                send_step(celery, step, producer)
 
 
 def dispatch_due(

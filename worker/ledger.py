@@ -587,10 +587,9 @@ class Ledger:
         stale, duplicated, or the run is in another state. Stamps ``claimed_at``:
         the sweeper's stall detection reads it as "a task last worked on this run".
         """
-        result = self.claim_peeking(
+        return self.claim_peeking(
             run_id, token, states, lease, token_field=token_field, fields=fields
-        )
-        return result.record if result else None
+        ).record
 
     def claim_peeking(
         self,
@@ -632,19 +631,19 @@ def _evalsha_and_hget(
 ) -> tuple[Any, str | None]:
     """:func:`_evalsha` and ``HGET peek`` in one round trip (a pipeline, not a transaction)."""
     client = script.registered_client
-    for attempt in (1, 2):
+
+    def send() -> list[Any]:
         pipe = client.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         pipe.hget(*peek)
-        try:
-            result, value = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            if attempt == 2:
-                raise
-            client.script_load(script.script)
-            continue
-        return result, None if value is None else _str(value)
-    raise AssertionError("unreachable")  # pragma: no cover
+        return list(pipe.execute())
+
+    try:
+        result, value = send()
+    except redis.exceptions.NoScriptError:  # Redis forgot it (a restart): load, once more
+        client.script_load(script.script)
+        result, value = send()
+    return result, None if value is None else _str(value)
 
 
 def _str(value: Any) -> str:

@@ -33,6 +33,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,19 @@ def argsrepr(args: Sequence[Any]) -> str:
     """What a message shows of its arguments (Flower, logs): the ids only, i.e. the
     run or batch id and the token, not a poll's hint."""
     return repr(list(args[:2]))
+
+
+def send_step(celery: Any, step: Next, producer: Any = None) -> Any:
+    """``send_task`` of one step, with the options every publish of ours uses (the
+    outbox's templates are built this way, so they must be the same everywhere)."""
+    return celery.send_task(
+        step.task,
+        args=list(step.args),
+        countdown=step.countdown or None,
+        producer=producer,
+        argsrepr=argsrepr(step.args),
+        ignore_result=True,  # no result is stored: not even a subscription
+    )
 
 
 class _Collector:
@@ -67,13 +81,29 @@ def supported() -> bool:
     return hasattr(kombu_redis, "PublishBatch")
 
 
+@dataclass(frozen=True)
+class _Template:
+    """One message of a task as Celery built it, its body's fixed parts decoded once."""
+
+    queue: str
+    message: dict[str, Any]
+    kwargs: Any
+    embed: Any
+
+    @classmethod
+    def of(cls, queue: str, payload: str) -> _Template:
+        message = json.loads(payload)
+        _, kwargs, embed = json.loads(base64.b64decode(message["body"]))
+        return cls(queue, message, kwargs, embed)
+
+
 class Outbox:
     """Encodes :class:`~worker.pipeline.Next` steps into ``(queue key, payload)`` pushes."""
 
     def __init__(self, celery: Any) -> None:
         self.celery = celery
         self.enabled = supported()
-        self._templates: dict[str, tuple[str, dict[str, Any]]] = {}  # task -> (queue, message)
+        self._templates: dict[str, _Template] = {}
 
     def encode(self, steps: Sequence[Next]) -> list[tuple[str, str]] | None:
         """The ``LPUSH`` of each step's message, or None (then publish the usual way)."""
@@ -87,12 +117,12 @@ class Outbox:
                 if built is None:
                     return None
                 pushes += built
-                self._templates[step.task] = (built[0][0], json.loads(built[0][1]))
+                self._templates[step.task] = _Template.of(*built[0])
             else:
-                pushes.append((template[0], self._fill(template[1], step)))
+                pushes.append((template.queue, self._fill(template, step)))
         return pushes
 
-    def _fill(self, template: dict[str, Any], step: Next) -> str:
+    def _fill(self, template: _Template, step: Next) -> str:
         """``template`` (one message of ``step.task``) made into ``step``'s message, as
         ``send_task`` would build it (celery.app.amqp ``as_task_v2``)."""
         task_id = str(uuid.uuid4())
@@ -104,21 +134,21 @@ class Outbox:
         eta = None
         if step.countdown:
             eta = (datetime.now(UTC) + timedelta(seconds=step.countdown)).isoformat()
-        _, kwargs, embed = json.loads(base64.b64decode(template["body"]))
-        body = json.dumps([list(step.args), kwargs, embed]).encode(template["content-encoding"])
+        message = template.message
+        body = json.dumps([list(step.args), template.kwargs, template.embed])
         shown = argsrepr(step.args)
         properties = {
-            **template["properties"],
+            **message["properties"],
             "correlation_id": task_id,
             "delivery_tag": str(uuid.uuid4()),
         }
         if "argsrepr" in properties:  # send_task passes its options on as properties too
             properties["argsrepr"] = shown
-        message = {
-            **template,
-            "body": base64.b64encode(body).decode(),
+        filled = {
+            **message,
+            "body": base64.b64encode(body.encode(message["content-encoding"])).decode(),
             "headers": {
-                **template["headers"],
+                **message["headers"],
                 "id": task_id,
                 "root_id": root_id,
                 "parent_id": parent_id,
@@ -127,7 +157,7 @@ class Outbox:
             },
             "properties": properties,
         }
-        return json.dumps(message)
+        return json.dumps(filled)
 
     def _through_celery(self, steps: Sequence[Next]) -> list[tuple[str, str]] | None:
         """Celery's ``send_task`` with kombu's final ``LPUSH`` captured, not sent."""
@@ -149,14 +179,7 @@ class Outbox:
                 channel._put = capture
                 try:
                     for step in steps:
-                        self.celery.send_task(
-                            step.task,
-                            args=list(step.args),
-                            countdown=step.countdown or None,
-                            producer=producer,
-                            argsrepr=argsrepr(step.args),
-                            ignore_result=True,  # no result is stored: not even a subscription
-                        )
+                        send_step(self.celery, step, producer)
                 finally:
                     if own is None:
                         del channel._put  # back to the class's method

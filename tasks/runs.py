@@ -29,9 +29,13 @@ def run_workflow(**request: Any) -> str:
 # copy is stale. A task lost with its pool process leaves its run due in the
 # ledger, and the sweeper re-arms it.
 @app.task(name=task_names.SUBMIT, acks_late=False)  # type: ignore[untyped-decorator]
-def submit(run_id: str, token: int) -> None:
-    """Validate, upload and submit a run (``hatz.submit``)."""
-    publish(run_step(submit_step, run_id, token, task=task_names.SUBMIT), app)
+def submit(run_id: str, token: int, hint: dict[str, Any] | None = None) -> None:
+    """Validate, upload and submit a run (``hatz.submit``).
+
+    ``hint``: the run's app when it has no files (:func:`worker.pipeline.submit_hint`);
+    messages without one still work.
+    """
+    publish(run_step(submit_step, run_id, token, hint, task=task_names.SUBMIT), app)
 
 
 @app.task(name=task_names.POLL, acks_late=False)  # type: ignore[untyped-decorator]  # see submit

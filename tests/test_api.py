@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -95,3 +96,21 @@ def test_list_runs_filters_by_state(ctx: Context, celery: Celery) -> None:
 def test_unknown_run_is_a_clear_error(ctx: Context) -> None:
     with pytest.raises(RunNotFoundError, match="nope"):
         get_run("nope", context=ctx)
+
+
+def test_a_run_without_files_is_queued_with_its_app_as_a_submit_hint(
+    ctx: Context, celery: Celery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, list[Any]]] = []
+    monkeypatch.setattr(celery, "send_task", lambda name, args, **_: sent.append((name, args)))
+    (tmp_path / "r.csv").write_text("x")
+
+    plain = enqueue_run("app", {"topic": "t"}, context=ctx, celery=celery)
+    with_file = enqueue_run(
+        "app", {"topic": "t"}, files={"doc": str(tmp_path / "r.csv")}, context=ctx, celery=celery
+    )
+
+    assert sent == [
+        ("hatz.submit", [plain, 0, {"app_id": "app"}]),
+        ("hatz.submit", [with_file, 0, None]),  # uploads come first: no shortcut to offer
+    ]

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from tests.conftest import make_settings
-from worker import task_names
+from worker import breaker, task_names
 from worker.context import Context
 from worker.errors import (
     HatzConnectError,
@@ -30,6 +30,7 @@ from worker.pipeline import (
     poll_hint,
     poll_step,
     refresh_documents,
+    submit_hint,
     submit_step,
     validate_inputs,
 )
@@ -639,3 +640,191 @@ def test_a_hint_built_from_any_polling_record_is_one_a_poll_accepts() -> None:
         "token": 3,
     }
     assert _from_hint("r", 3, [*hint[:3], "12.5", *hint[4:]]) is None  # a wrong type
+
+
+# --- a hinted submit: the claim marks the send --------------------------------------------
+
+
+def _counting_cas(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every compare-and-set the ledger sends (claims included), by the state it asks for."""
+    sent: list[str] = []
+    original = ctx.ledger.cas
+
+    def cas(run_id: str, **kwargs: Any) -> Any:
+        to = kwargs.get("to")
+        sent.append(to.value if to is not None else "-")
+        return original(run_id, **kwargs)
+
+    monkeypatch.setattr(ctx.ledger, "cas", cas)
+    return sent
+
+
+def _seen_at_send(ctx: Context, client: StubClient, run_id: str) -> list[tuple[str, bool]]:
+    """The run's state and in-flight mark as the request goes out (the submit rule)."""
+    seen: list[tuple[str, bool]] = []
+    send = client.run_workflow
+
+    def run_workflow(app_id: str, inputs: dict[str, Any], **kw: Any) -> SubmittedJob:
+        run = ctx.ledger.require(run_id)
+        seen.append((run.state.value, bool(run.get("submit_inflight"))))
+        return send(app_id, inputs, **kw)
+
+    client.run_workflow = run_workflow  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_hinted_submit_with_the_app_at_hand_claims_and_marks_the_send_in_one_write(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, client, _ = harness(app_cache_ttl=60)
+    fetch_app(ctx, "app")  # this process holds the app's definition
+    run_id = new_run(ctx)
+    hint = submit_hint(ctx.ledger.require(run_id))
+    sent = _counting_cas(ctx, monkeypatch)
+    seen = _seen_at_send(ctx, client, run_id)
+
+    (poll,) = submit_step(ctx, run_id, 0, hint)
+
+    assert hint == {"app_id": "app"}
+    assert sent == ["SUBMITTING", "SUBMITTED"]  # claim + mark, then the job id: two writes
+    assert seen == [("SUBMITTING", True)]  # the send was marked in flight before it went
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.SUBMITTED
+    assert not run["submit_inflight"]
+    assert [s for s, _ in run.history()] == ["QUEUED", "SUBMITTING", "SUBMITTED"]
+    assert poll.task == task_names.POLL
+    assert client.calls == ["get_app", "run"]  # the warm-up's get_app only
+
+
+def test_a_hinted_submit_without_the_app_at_hand_claims_then_marks(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, client, _ = harness(app_cache_ttl=60)
+    run_id = new_run(ctx)
+    sent = _counting_cas(ctx, monkeypatch)
+    seen = _seen_at_send(ctx, client, run_id)
+
+    submit_step(ctx, run_id, 0, submit_hint(ctx.ledger.require(run_id)))
+
+    # The app had to be fetched after the claim: a crash there must not look like a send.
+    assert sent == ["-", "SUBMITTING", "SUBMITTED"]
+    assert seen == [("SUBMITTING", True)]
+    assert ctx.ledger.require(run_id).state is RunState.SUBMITTED
+    assert client.calls == ["get_app", "run"]
+
+
+def test_a_hinted_submit_with_bad_inputs_is_rejected_without_an_in_flight_mark(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, _ = harness(app_cache_ttl=60)
+    fetch_app(ctx, "app")
+    run_id = new_run(ctx, inputs={"topic": "t", "bogus": 1})
+
+    assert submit_step(ctx, run_id, 0, submit_hint(ctx.ledger.require(run_id))) == []
+
+    run = ctx.ledger.require(run_id)
+    assert run.state is RunState.REJECTED
+    assert "unknown input 'bogus'" in run["error"]
+    assert not run["submit_inflight"]
+    assert "run" not in client.calls
+
+
+def test_a_hinted_submit_while_the_breaker_is_open_waits_without_an_in_flight_mark(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, _ = harness(app_cache_ttl=60)
+    fetch_app(ctx, "app")
+    breaker.record_overage(ctx, OVERAGE)
+    run_id = new_run(ctx)
+
+    (again,) = submit_step(ctx, run_id, 0, submit_hint(ctx.ledger.require(run_id)))
+
+    run = ctx.ledger.require(run_id)
+    assert again.task == task_names.SUBMIT
+    assert again.countdown > 0
+    assert run.state is RunState.SUBMITTING  # validated: only the send waits
+    assert not run["submit_inflight"]
+    assert "run" not in client.calls
+
+
+@pytest.mark.parametrize("mismatch", ["other app", "files"])
+def test_a_hint_that_does_not_describe_the_run_is_undone_and_the_run_submits_as_usual(
+    harness: Callable[..., Harness], tmp_path: Any, mismatch: str
+) -> None:
+    ctx, client, clock = harness(app_cache_ttl=60)
+    fetch_app(ctx, "app")
+    ctx.apps["other"] = (clock.now + 60, App(id="other"))
+    if mismatch == "files":
+        f = tmp_path / "d.pdf"
+        f.write_bytes(b"%PDF")
+        run_id = new_run(ctx, files={"doc": str(f)})
+        hint = {"app_id": "app"}
+    else:
+        run_id = new_run(ctx)
+        hint = {"app_id": "other"}
+    seen = _seen_at_send(ctx, client, run_id)
+
+    (poll,) = submit_step(ctx, run_id, 0, hint)
+
+    run = ctx.ledger.require(run_id)
+    assert poll.task == task_names.POLL
+    assert run.state is RunState.SUBMITTED
+    assert not run["submit_inflight"]
+    assert seen == [("SUBMITTING", True)]
+    assert client.calls.count("run") == 1
+    assert ("upload" in client.calls) == (mismatch == "files")
+
+
+@pytest.mark.parametrize("hint", [None, {}, {"app_id": 3}, ["app"], "app"])
+def test_a_submit_hint_of_the_wrong_shape_is_ignored(
+    harness: Callable[..., Harness], hint: Any
+) -> None:
+    ctx, client, _ = harness(app_cache_ttl=60)
+    fetch_app(ctx, "app")
+    run_id = new_run(ctx)
+
+    (poll,) = submit_step(ctx, run_id, 0, hint)
+
+    assert poll.task == task_names.POLL
+    assert ctx.ledger.require(run_id).state is RunState.SUBMITTED
+    assert client.calls == ["get_app", "run"]
+
+
+def test_a_duplicate_hinted_submit_is_a_no_op(harness: Callable[..., Harness]) -> None:
+    ctx, client, _ = harness(app_cache_ttl=60)
+    fetch_app(ctx, "app")
+    run_id = new_run(ctx)
+    hint = submit_hint(ctx.ledger.require(run_id))
+    submit_step(ctx, run_id, 0, hint)
+
+    assert submit_step(ctx, run_id, 0, hint) == []
+    assert client.calls.count("run") == 1
+
+
+def test_a_worker_lost_after_a_hinted_claim_leaves_the_run_ambiguous_not_resent(
+    harness: Callable[..., Harness],
+) -> None:
+    ctx, client, clock = harness(sweep_grace=30.0, app_cache_ttl=60)
+    fetch_app(ctx, "app")
+    run_id = new_run(ctx)
+
+    def dies(app_id: str, inputs: dict[str, Any], **_: Any) -> SubmittedJob:
+        client.calls.append("run")
+        raise KeyboardInterrupt  # the process dies as the request goes out
+
+    client.run_workflow = dies  # type: ignore[method-assign]
+
+    with pytest.raises(KeyboardInterrupt):
+        submit_step(ctx, run_id, 0, submit_hint(ctx.ledger.require(run_id)))
+    clock.now += 1000
+    report = sweep(ctx)
+
+    assert report.ambiguous == [run_id]
+    assert ctx.ledger.require(run_id).state is RunState.AMBIGUOUS
+    assert client.calls.count("run") == 1
+
+
+def test_only_runs_without_files_get_a_submit_hint() -> None:
+    assert submit_hint({"app_id": "a", "files": {}}) == {"app_id": "a"}
+    assert submit_hint({"app_id": "a", "files": {"doc": "/x.pdf"}}) is None
+    assert submit_hint({"files": {}}) is None

@@ -21,7 +21,7 @@ from worker import task_names
 from worker.context import Context, get_context
 from worker.errors import InvalidRunError
 from worker.ledger import Run, RunState, fingerprint
-from worker.pipeline import Next, cancel
+from worker.pipeline import Next, cancel, submit_hint
 from worker.ssrf import check_callback_url
 
 MAX_INPUTS_BYTES = 64 * 1024
@@ -151,7 +151,7 @@ def enqueue_run(
     if created:
         from worker.celery_app import publish
 
-        publish([Next(task_names.SUBMIT, (run_id, 0))], celery)
+        publish([Next(task_names.SUBMIT, (run_id, 0, submit_hint(params)))], celery)
     return run_id
 
 

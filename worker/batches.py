@@ -52,7 +52,7 @@ from worker.errors import (
 )
 from worker.hatz_types import App
 from worker.ledger import Run, RunState, fingerprint
-from worker.pipeline import Next, fetch_app, validate_inputs
+from worker.pipeline import Next, fetch_app, submit_hint, validate_inputs
 from worker.ssrf import check_callback_url
 
 log = logging.getLogger(__name__)
@@ -475,7 +475,7 @@ def _schedule_release(ctx: Context, run_id: str) -> Next | None:
     )
     if not result or result.record is None:
         return None
-    return Next(task_names.SUBMIT, (run_id, result.record.token))
+    return Next(task_names.SUBMIT, (run_id, result.record.token, submit_hint(result.record)))
 
 
 def tick(ctx: Context, batch_id: str) -> list[Next]:

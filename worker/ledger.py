@@ -599,16 +599,19 @@ class Ledger:
         lease: float,
         *,
         token_field: str = "token",
+        to: RunState | None = None,
         fields: Mapping[str, Any] | None = None,
         peek: tuple[str, str] | None = None,
     ) -> CasResult:
-        """:meth:`claim`, the record in ``.record``; ``peek`` as :meth:`cas` reads it."""
+        """:meth:`claim`, the record in ``.record``; ``to`` moves the state in the same
+        compare-and-set; ``peek`` as :meth:`cas` reads it."""
         stamp = {"claimed_at": self.clock()} if token_field == "token" else {}
         return self.cas(
             run_id,
             states=states,
             token=token,
             token_field=token_field,
+            to=to,
             bump_token=True,
             next_at=self.clock() + lease,
             fields={**stamp, **(fields or {})},

@@ -44,6 +44,7 @@ from worker.ledger import (
     POLLING_STATES,
     PRE_SUBMIT_STATES,
     TERMINAL_STATES,
+    CasResult,
     Run,
     RunState,
 )
@@ -135,6 +136,12 @@ def validate_inputs(app: App, inputs: Mapping[str, Any], files: Mapping[str, str
 _APP_CACHE_SIZE = 1024
 
 
+def cached_app(ctx: Context, app_id: str) -> App | None:
+    """``app_id``'s definition if this process holds it and it is still fresh (no I/O)."""
+    local = ctx.apps.get(app_id)
+    return local[1] if local is not None and local[0] > ctx.clock() else None
+
+
 def fetch_app(ctx: Context, app_id: str) -> App:
     """``GET /app/{id}``, cached for ``HATZ_APP_CACHE_TTL`` seconds: in Redis for every
     worker, and in this process until the Redis entry expires (no round trip per submit)."""
@@ -142,9 +149,9 @@ def fetch_app(ctx: Context, app_id: str) -> App:
     if ttl <= 0:
         return ctx.client.get_app(app_id)
     now = ctx.clock()
-    local = ctx.apps.get(app_id)
-    if local is not None and local[0] > now:
-        return local[1]
+    local = cached_app(ctx, app_id)
+    if local is not None:
+        return local
     key = ctx.keys.app(app_id)
     pipe = ctx.redis.pipeline(transaction=False)
     pipe.get(key)
@@ -280,23 +287,108 @@ def _pause_submit(ctx: Context, run_id: str, token: int, wait: float) -> list[Ne
     return [Next(task_names.SUBMIT, (run_id, token), delay)] if ok else []
 
 
-def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
-    """Validate, upload files and submit one run; schedule its first poll.
+def submit_hint(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a submit message may carry besides ``(run_id, token)``: the app of a run
+    without files to upload (None for a run with files).
 
-    A stale or duplicate message (wrong token, run already past submit) is a no-op.
+    With it, a worker that holds that app's definition claims the run and marks
+    the send in flight in one compare-and-set (:func:`submit_step`).
+    """
+    if run.get("files"):
+        return None
+    app_id = run.get("app_id")
+    return {"app_id": app_id} if isinstance(app_id, str) and app_id else None
+
+
+def _hinted_app(ctx: Context, hint: Any) -> tuple[str, App] | None:
+    """The hint's app id and its definition, if this process holds it fresh (no I/O)."""
+    if not isinstance(hint, dict):
+        return None
+    app_id = hint.get("app_id")
+    if not isinstance(app_id, str) or not app_id:
+        return None
+    app = cached_app(ctx, app_id)
+    return None if app is None else (app_id, app)
+
+
+def _claim_for_submit(
+    ctx: Context, run_id: str, token: int, hint: Any
+) -> tuple[CasResult, App | None]:
+    """Claim the run; also mark its send in flight when nothing can come between.
+
+    A QUEUED run without files whose app this process holds needs no I/O between
+    the claim and the send, so the claim itself moves it to SUBMITTING with
+    ``submit_inflight`` (one round trip instead of two). The returned app is set
+    then, and only then. Every other run is claimed as it is and marked later.
     """
     # The breaker's state comes back with the claim (same round trip): while it is
     # closed, and the send follows at once, asking it again would cost a round trip.
+    breaker_state = (ctx.keys.breaker, "state")
+    hinted = _hinted_app(ctx, hint)
+    if hinted is not None:
+        claimed = ctx.ledger.claim_peeking(
+            run_id,
+            token,
+            {RunState.QUEUED},
+            _lease(ctx),
+            to=RunState.SUBMITTING,
+            fields={"submit_inflight": True},
+            peek=breaker_state,
+        )
+        run = claimed.record
+        if run is not None and run.get("app_id") == hinted[0] and not run.get("files"):
+            return claimed, hinted[1]
+        if run is not None:
+            # Not the run the hint described (it never is): take the mark back, carry on
+            # as for any claimed QUEUED run.
+            undone = ctx.ledger.cas(
+                run_id,
+                states={RunState.SUBMITTING},
+                token=run.token,
+                to=RunState.QUEUED,
+                fields={"submit_inflight": False},
+                return_record=True,
+            )
+            undone.peeked = claimed.peeked
+            return undone, None
+        if claimed.state_before not in (RunState.UPLOADING.value, RunState.SUBMITTING.value):
+            return claimed, None  # stale, duplicate, or the run moved on
     claimed = ctx.ledger.claim_peeking(
-        run_id, token, PRE_SUBMIT_STATES, _lease(ctx), peek=(ctx.keys.breaker, "state")
+        run_id, token, PRE_SUBMIT_STATES, _lease(ctx), peek=breaker_state
     )
+    return claimed, None
+
+
+def submit_step(ctx: Context, run_id: str, token: int, hint: Any = None) -> list[Next]:
+    """Validate, upload files and submit one run; schedule its first poll.
+
+    A stale or duplicate message (wrong token, run already past submit) is a no-op.
+    ``hint``: :func:`submit_hint`, from the step that queued the run (optional).
+    """
+    claimed, marked_app = _claim_for_submit(ctx, run_id, token, hint)
     run = claimed.record
     if run is None:
         return []
     claimed_at = ctx.clock()
     log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
     token = run.token
-    if run.get("submit_inflight"):
+    state = run.state
+    inputs: dict[str, Any] = dict(run.get("inputs") or {})
+    files: dict[str, str] = dict(run.get("files") or {})
+    marked = marked_app is not None  # SUBMITTING, the send in flight: recorded by the claim
+    if marked_app is not None:
+        problems = validate_inputs(marked_app, inputs, files)
+        if problems:
+            return finish(
+                ctx,
+                run_id,
+                token,
+                RunState.REJECTED,
+                error="; ".join(problems),
+                fields={"submit_inflight": False},
+                run=run,
+            )
+    elif run.get("submit_inflight"):
         # Only reachable through a sweeper re-arm of a send that never reported back.
         return finish(
             ctx,
@@ -306,9 +398,6 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
             error="submit outcome unknown (worker lost)",
             run=run,
         )
-    state = run.state
-    inputs: dict[str, Any] = dict(run.get("inputs") or {})
-    files: dict[str, str] = dict(run.get("files") or {})
 
     if state is RunState.QUEUED:
         try:
@@ -362,7 +451,7 @@ def submit_step(ctx: Context, run_id: str, token: int) -> list[Next]:
         return _pause_submit(ctx, run_id, token, decision.wait)
 
     # SUBMITTING: mark the send in flight first, so a crash mid-send is never re-sent.
-    if not ctx.ledger.cas(
+    if not marked and not ctx.ledger.cas(
         run_id,
         states=ACTIVE_STATES,
         token=token,

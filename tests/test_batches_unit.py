@@ -198,6 +198,8 @@ def test_only_max_in_flight_runs_are_released_and_the_rest_are_held(
     assert len(submits(steps)) == 3
     run_ids = row_run_ids(ctx, batch_id)
     assert submits(steps) == run_ids[:3]
+    # A released run's submit names its app, so the claim can mark the send itself.
+    assert [s.args[2] for s in steps if s.task == task_names.SUBMIT] == [{"app_id": "app"}] * 3
     # Held runs are never due for the sweeper; released ones are.
     due = {run_id for run_id, _ in ctx.ledger.due(clock.now + 3600)}
     assert due == set(run_ids[:3])

@@ -6,11 +6,11 @@ and never a run left without a next step."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, cast
 
 import fakeredis
 import pytest
-import urllib3
 from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +22,7 @@ from worker.api import enqueue_run
 from worker.context import Context
 from worker.errors import HatzError
 from worker.hatz_client import HatzClient
+from worker.http_pool import Body, Response
 from worker.ledger import RunState
 from worker.pipeline import HINT_FIELDS, Next, poll_step, submit_step
 from worker.sweeper import sweep
@@ -58,13 +59,15 @@ class Answers:
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
         self.status, self.body, self.content_type = status, body, content_type
 
-    def urlopen(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
-        return urllib3.HTTPResponse(
-            body=self.body,
-            status=self.status,
-            headers={"Content-Type": self.content_type},
-            preload_content=True,
-        )
+    def urlopen(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Body = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        return Response.build(self.status, self.body, {"Content-Type": self.content_type})
 
     def clear(self) -> None:
         pass

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
 
 from worker.errors import (
     HatzAuthError,
@@ -31,6 +27,16 @@ from worker.errors import (
     HatzValidationError,
 )
 from worker.hatz_client import HatzClient
+from worker.http_pool import (
+    Body,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimedOut,
+    HttpPool,
+    ReadTimedOut,
+    Response,
+    TransportError,
+)
 
 KEY = "sk-very-secret-api-key-42"
 OVERAGE = "Workflows have been rate limited for your organization due to a credit overage."
@@ -58,19 +64,31 @@ class Script:
         self.answers = list(answers)
         self.requests: list[Sent] = []
 
-    def urlopen(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
-        assert kw.get("redirect") is False
-        assert kw.get("retries") is False  # the client retries, by its own rule
-        self.requests.append(Sent(method, url, dict(kw.get("headers") or {}), kw.get("body")))
+    def urlopen(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Body = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        self.requests.append(Sent(method, url, dict(headers or {}), body))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        status, body, headers = answer if len(answer) == 3 else (*answer, {})
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return urllib3.HTTPResponse(body=data, status=status, headers=headers, preload_content=True)
+        status, content, answer_headers = answer if len(answer) == 3 else (*answer, {})
+        data = content if isinstance(content, bytes) else json.dumps(content).encode()
+        return Response.build(status, data, answer_headers)
 
     def clear(self) -> None:
         pass
+
+
+def failure(cls: type[TransportError], cause: BaseException | None = None) -> TransportError:
+    """A transport failure as the pool raises it: the underlying exception as its cause."""
+    exc = cls(f"{cls.__name__} (test)")
+    exc.__cause__ = cause
+    return exc
 
 
 def client_with(answers: list[Any], **kwargs: Any) -> tuple[HatzClient, Script, list[float]]:
@@ -185,12 +203,14 @@ def test_get_gives_up_after_the_configured_retries() -> None:
 
 
 def test_submit_is_not_retried_when_the_request_may_have_reached_the_server() -> None:
-    for failure in (
+    for answer in (
         (500, {"detail": "x"}),
-        ReadTimeoutError(None, "/", "slow"),  # type: ignore[arg-type]
-        ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+        failure(ReadTimedOut, TimeoutError("timed out")),
+        failure(ConnectionLost, ConnectionResetError(104, "reset")),
+        failure(ConnectionLost, BrokenPipeError(32, "broken pipe")),
+        failure(ConnectionLost),
     ):
-        client, script, _ = client_with([failure, (200, {"job_id": "j"})])
+        client, script, _ = client_with([answer, (200, {"job_id": "j"})])
 
         with pytest.raises(HatzError):
             client.run_workflow("app", {})
@@ -198,10 +218,16 @@ def test_submit_is_not_retried_when_the_request_may_have_reached_the_server() ->
         assert len(script.requests) == 1
 
 
-def test_submit_is_retried_when_the_connection_never_opened() -> None:
-    refused = NewConnectionError(None, "refused")  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    "never_sent",
+    [
+        failure(ConnectFailed, ConnectionRefusedError(111, "refused")),
+        failure(ConnectTimedOut, TimeoutError("timed out")),
+    ],
+)
+def test_submit_is_retried_when_the_connection_never_opened(never_sent: TransportError) -> None:
     client, script, _ = client_with(
-        [refused, (200, {"status": "Workflow Job Invoked", "job_id": "j"})]
+        [never_sent, (200, {"status": "Workflow Job Invoked", "job_id": "j"})]
     )
 
     assert client.run_workflow("app", {}).job_id == "j"
@@ -209,20 +235,61 @@ def test_submit_is_retried_when_the_connection_never_opened() -> None:
 
 
 @pytest.mark.parametrize(
-    ("exc", "expected"),
+    ("exc", "expected", "message"),
     [
-        (ConnectTimeoutError("x"), HatzConnectError),
-        (NewConnectionError(None, "refused"), HatzConnectError),  # type: ignore[arg-type]
-        (ReadTimeoutError(None, "/", "x"), HatzTimeoutError),  # type: ignore[arg-type]
-        (ProtocolError("Connection aborted.", ConnectionResetError()), HatzTransportError),
-        (ConnectionResetError(104, "reset"), HatzTransportError),
+        (
+            failure(ConnectTimedOut, TimeoutError("timed out")),
+            HatzConnectError,
+            "connect timeout (GET /workflows/j1)",
+        ),
+        (
+            failure(ConnectFailed, ConnectionRefusedError(111, "refused")),
+            HatzConnectError,
+            "cannot connect (GET /workflows/j1)",
+        ),
+        (
+            failure(ConnectFailed, ssl.SSLCertVerificationError("certificate verify failed")),
+            HatzConnectError,
+            "cannot connect (GET /workflows/j1)",
+        ),
+        (
+            failure(ReadTimedOut, TimeoutError("timed out")),
+            HatzTimeoutError,
+            "read timeout (GET /workflows/j1)",
+        ),
+        (
+            failure(ConnectionLost, ConnectionResetError(104, "reset")),
+            HatzTransportError,
+            "connection lost: ConnectionResetError (GET /workflows/j1)",
+        ),
+        (
+            failure(ConnectionLost, http.client.RemoteDisconnected("closed")),
+            HatzTransportError,
+            "connection lost: RemoteDisconnected (GET /workflows/j1)",
+        ),
+        (
+            failure(ConnectionLost),
+            HatzTransportError,
+            "connection lost: ConnectionLost (GET /workflows/j1)",
+        ),
+        (
+            ConnectionResetError(104, "reset"),
+            HatzTransportError,
+            "connection lost: ConnectionResetError (GET /workflows/j1)",
+        ),
     ],
 )
-def test_transport_failures_become_typed_errors(exc: Exception, expected: type[HatzError]) -> None:
+def test_transport_failures_become_typed_errors(
+    exc: Exception, expected: type[HatzError], message: str
+) -> None:
     client, _, _ = client_with([exc], retries=0)
 
-    with pytest.raises(expected):
+    with pytest.raises(HatzError) as info:
         client.get_job("j1")
+
+    assert type(info.value) is expected
+    assert str(info.value) == message
+    assert info.value.__cause__ is None  # the pool's own text never leaks into the error
 
 
 def test_unknown_fields_are_kept_not_fatal() -> None:
@@ -312,15 +379,42 @@ def test_timeouts_are_always_set() -> None:
     assert client.timeout == (5.0, 30.0)
 
 
-def test_proxy_settings_are_read_from_the_environment_once_at_start_up(
+def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "internal.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corporate.pem")
     proxied = HatzClient(api_key="k" * 20, base_url="https://ai.hatz.ai/v1")
     bypassed = HatzClient(api_key="k" * 20, base_url="https://internal.example/v1")
     monkeypatch.setenv("HTTPS_PROXY", "http://changed.example:1")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere.pem")
+    later = HatzClient(api_key="k" * 20, base_url="https://ai.hatz.ai/v1")
 
-    assert isinstance(proxied._pool, urllib3.ProxyManager)
-    assert str(proxied._pool.proxy) == "http://proxy.example:3128"
-    assert not isinstance(bypassed._pool, urllib3.ProxyManager)
+    assert isinstance(proxied._pool, HttpPool)
+    assert isinstance(bypassed._pool, HttpPool)
+    assert isinstance(later._pool, HttpPool)
+    assert proxied._pool.proxy == "http://proxy.example:3128"
+    assert proxied._pool.ca_bundle == "/etc/ssl/corporate.pem"
+    assert bypassed._pool.proxy is None
+    assert later._pool.proxy == "http://changed.example:1"  # only new clients see a change
+    assert later._pool.ca_bundle == "/elsewhere.pem"
+    # (tests/test_http_pool.py sends through a real proxy and checks a real CA bundle)
+
+
+def test_the_default_pool_has_the_clients_timeouts_and_no_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+    client = HatzClient(api_key="k" * 20, connect_timeout=3.0, read_timeout=7.0)
+
+    assert isinstance(client._pool, HttpPool)
+    assert (client._pool.connect_timeout, client._pool.read_timeout) == (3.0, 7.0)
+    assert client._pool.proxy is None
+    assert client._pool.ca_bundle is None  # certifi's bundle

@@ -26,21 +26,13 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-import certifi
 import requests
-import urllib3
 from pydantic import BaseModel, SecretStr, ValidationError
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
 
 from config import Settings
 from worker.errors import (
@@ -59,6 +51,15 @@ from worker.errors import (
     HatzValidationError,
 )
 from worker.hatz_types import App, Job, PresignedURL, QueryResult, SubmittedJob, UploadedFile
+from worker.http_pool import (
+    Body,
+    ConnectFailed,
+    ConnectTimedOut,
+    HttpPool,
+    ReadTimedOut,
+    Response,
+    TransportError,
+)
 from worker.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -72,41 +73,53 @@ USER_AGENT = "hatz-worker/0.1"
 
 
 class Pool(Protocol):
-    """What the client sends through: :class:`urllib3.PoolManager` (tests pass a fake)."""
+    """What the client sends through: :class:`~worker.http_pool.HttpPool` (tests pass a fake).
 
-    def urlopen(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse: ...
+    ``urlopen`` returns every answer, whatever its status, and raises a
+    :class:`~worker.http_pool.TransportError` when none arrived; it never retries
+    and never follows redirects.
+    """
+
+    def urlopen(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Body = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response: ...
 
     def clear(self) -> None: ...
 
 
 def _pool_for(
     base_url: str, connect_timeout: float, read_timeout: float, maxsize: int = 32
-) -> urllib3.PoolManager:
-    """urllib3 connection pools for ``base_url``, proxy and CA bundle read from the
-    environment once (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
+) -> HttpPool:
+    """Keep-alive connections for ``base_url``, proxy and CA bundle read from the
+    environment once (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/
+    ``CURL_CA_BUNDLE``, else certifi's bundle).
 
-    urllib3 directly, not ``requests`` on top of it: a poll's ``GET`` costs
-    0.2 ms of CPU instead of 0.45 ms (``bench``: most of a poll is this call),
-    and the client needs none of what ``requests`` adds (cookies, redirects,
-    auth helpers, environment lookups per call).
+    The standard library's :mod:`http.client` under a small pool, not urllib3 or
+    ``requests``: a status ``GET`` against the loopback fake costs about
+    115-130 us of client CPU instead of about 230 us through
+    ``urllib3.PoolManager.urlopen`` (0.45 ms through ``requests``), and most of a
+    poll is this call; in an A/B of the full worker it gave about 4-5 % more
+    runs/s. The client needs none of what the others add (retries, redirects,
+    cookies, decoding, environment lookups per call).
     """
     proxies = requests.utils.get_environ_proxies(base_url)
     proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    options: dict[str, Any] = {
-        "num_pools": 4,
-        "maxsize": maxsize,
-        "retries": False,  # the client retries, by its own rule
-        "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        "cert_reqs": "CERT_REQUIRED",
-        "ca_certs": bundle or certifi.where(),
-    }
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+    return HttpPool(
+        connect_timeout,
+        read_timeout,
+        maxsize=maxsize,
+        proxy=proxy or None,
+        ca_bundle=bundle or None,
+    )
 
 
-def _detail(response: urllib3.BaseHTTPResponse) -> str:
+def _detail(response: Response) -> str:
     """The API's explanation: ``detail`` of a JSON body, else a short excerpt of the text."""
     data = response.data or b""
     try:
@@ -127,7 +140,7 @@ def _detail(response: urllib3.BaseHTTPResponse) -> str:
     return str(body)[:_MAX_DETAIL]
 
 
-def error_from_response(response: urllib3.BaseHTTPResponse, method: str, path: str) -> HatzAPIError:
+def error_from_response(response: Response, method: str, path: str) -> HatzAPIError:
     """Build the typed error for a non-2xx answer: the one place that reads status codes."""
     status = response.status
     detail = _detail(response)
@@ -148,15 +161,15 @@ def error_from_response(response: urllib3.BaseHTTPResponse, method: str, path: s
 
 
 def _transport_error(exc: Exception, method: str, path: str) -> HatzError:
-    """Map a urllib3 failure onto whether the request may have reached the server."""
+    """Map a transport failure onto whether the request may have reached the server."""
     where = f"{method} {path}"
-    if isinstance(exc, NewConnectionError):  # (a ConnectTimeoutError subclass)
-        return HatzConnectError(f"cannot connect ({where})")
-    if isinstance(exc, ConnectTimeoutError):
+    if isinstance(exc, ConnectTimedOut):  # (a ConnectFailed subclass)
         return HatzConnectError(f"connect timeout ({where})")
-    if isinstance(exc, ReadTimeoutError):
+    if isinstance(exc, ConnectFailed):
+        return HatzConnectError(f"cannot connect ({where})")
+    if isinstance(exc, ReadTimedOut):
         return HatzTimeoutError(f"read timeout ({where})")
-    inner = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], Exception) else exc
+    inner = exc.__cause__ if isinstance(exc, TransportError) and exc.__cause__ else exc
     return HatzTransportError(f"connection lost: {type(inner).__name__} ({where})")
 
 
@@ -204,7 +217,7 @@ class _MultipartFile:
 class HatzClient:
     """A client for the Hatz Workflows and App Builder APIs.
 
-    One :class:`urllib3.PoolManager` (connection pooling); connect and read
+    One :class:`~worker.http_pool.HttpPool` (keep-alive connections); connect and read
     timeouts always set; the API key is kept as a :class:`SecretStr` and never
     appears in reprs, logs or exceptions.
     """
@@ -289,16 +302,16 @@ class HatzClient:
         params: Mapping[str, Any] | None,
         json: Any,
         body: Callable[[], tuple[Iterable[bytes], str]] | None,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Response:
         headers = {
             "X-API-Key": self._api_key.get_secret_value(),
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        data: Any = None
+        data: Body = None
         if body is not None:
             data, headers["Content-Type"] = body()
-            if hasattr(data, "__len__"):
+            if isinstance(data, Sized):
                 headers["Content-Length"] = str(len(data))
         elif json is not None:
             data = jsonlib.dumps(json).encode()
@@ -308,10 +321,8 @@ class HatzClient:
             url += "?" + urlencode(params, doseq=True)
         started = time.monotonic()
         try:
-            response = self._pool.urlopen(
-                method, url, body=data, headers=headers, redirect=False, retries=False
-            )
-        except (HTTPError, OSError) as exc:
+            response = self._pool.urlopen(method, url, body=data, headers=headers)
+        except (TransportError, OSError) as exc:
             error = _transport_error(exc, method, path)
             self._observe(method, path, None, error, started)
             raise error from None

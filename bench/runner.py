@@ -51,7 +51,7 @@ class Plan:
 
 FULL = Plan(
     mode="full",
-    rounds=3,
+    rounds=5,
     noop_tasks=5000,
     first_poll_runs=2000,
     concurrencies=(1, 2, 4),

@@ -15,11 +15,13 @@ from tests.conftest import make_settings
 from worker import breaker, task_names
 from worker.api_budget import ApiBudget
 from worker.batches import (
+    CREATING_GRACE,
     batch_status,
     create_batch,
     deliver_batch_callback,
     read_source,
     row_run_ids,
+    sweep_batches,
     tick,
 )
 from worker.context import Context
@@ -511,3 +513,78 @@ def test_a_submit_reads_a_closed_breaker_with_its_claim_and_asks_it_only_when_op
     assert asked == [False]  # open: the breaker itself decides (and may grant a probe)
     assert paused.task == task_names.SUBMIT
     assert client.calls == ["run"]
+
+
+# --- an interrupted creation --------------------------------------------------------------
+
+
+def _dies_at_row(ctx: Context, monkeypatch: pytest.MonkeyPatch, n: int, then: Any = None) -> None:
+    """``ledger.create`` fails at its ``n``-th call (the creating process dies there),
+    or, with ``then``, calls it there and goes on."""
+    original = ctx.ledger.create
+    calls = [0]
+
+    def create(params: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == n:
+            if then is None:
+                raise RuntimeError("worker killed mid-creation")
+            then()
+        return original(params, **kw)
+
+    monkeypatch.setattr(ctx.ledger, "create", create)
+
+
+def test_an_interrupted_creation_is_abandoned_after_the_grace_and_frees_its_batch_key(
+    harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, _, clock = harness()
+    _dies_at_row(ctx, monkeypatch, 3)
+    with pytest.raises(RuntimeError):
+        make_batch(ctx, tmp_path, rows=5, limit=2, batch_key="nightly")
+    (batch_id,) = [str(b) for b in ctx.redis.zrange(ctx.keys.active_batches, 0, -1)]
+    made = [str(r) for r in ctx.redis.lrange(ctx.keys.batch_created(batch_id), 0, -1)]
+    monkeypatch.undo()
+
+    clock.now += 60  # a creation may still be going: left alone
+    assert sweep_batches(ctx) == []
+    assert batch_status(ctx, batch_id).record["state"] == "creating"
+    with pytest.raises(InvalidBatchError, match="still running"):
+        make_batch(ctx, tmp_path, rows=5, limit=2, batch_key="nightly")
+
+    clock.now += CREATING_GRACE
+    assert sweep_batches(ctx) == []
+
+    status = batch_status(ctx, batch_id)
+    assert status.record["state"] == "abandoned"
+    assert "interrupted" in status.record["error"]
+    assert status.finished  # a waiter stops waiting
+    assert len(made) == 2
+    assert [ctx.ledger.require(r).state for r in made] == [RunState.CANCELED] * 2
+    assert batch_id not in [str(b) for b in ctx.redis.zrange(ctx.keys.active_batches, 0, -1)]
+    # The batch key is free again: the rows are created anew.
+    again, steps = make_batch(ctx, tmp_path, rows=5, limit=2, batch_key="nightly")
+    assert len(row_run_ids(ctx, again)) == 5
+    assert not set(row_run_ids(ctx, again)) & set(made)
+    assert len(submits(steps)) == 2
+
+
+def test_a_creation_that_outlives_the_grace_cancels_what_it_made_and_fails(
+    harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, _, clock = harness()
+
+    def abandoned_meanwhile() -> None:
+        clock.now += CREATING_GRACE + 1
+        sweep_batches(ctx)
+
+    _dies_at_row(ctx, monkeypatch, 3, then=abandoned_meanwhile)
+
+    with pytest.raises(InvalidBatchError, match="interrupted"):
+        make_batch(ctx, tmp_path, rows=5, limit=2)
+
+    (batch_id,) = [str(b) for b in ctx.redis.zrange(ctx.keys.batches, 0, -1)]
+    assert batch_status(ctx, batch_id).record["state"] == "abandoned"  # not revived
+    runs = [ctx.ledger.get(str(r)) for r in ctx.redis.zrange(ctx.keys.runs, 0, -1)]
+    assert len(runs) == 5
+    assert all(r is not None and r.state is RunState.CANCELED for r in runs)

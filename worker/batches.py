@@ -22,6 +22,15 @@ lost: the in-flight set is re-derived from the run records).
 Finishing is a compare-and-set (``running -> finished``), so the batch-level
 ``batch.completed`` callback is queued exactly once; it is delivered with the
 same Standard Webhooks signing as run callbacks, under its own token.
+
+A creation that dies half-way (a worker killed while a scheduled batch was
+being created, a CLI interrupted) leaves a batch ``creating`` and some held
+runs. The batch is indexed (and its runs listed in ``P:batch:<id>:created``)
+from the start, so the batch sweep finds it: after :data:`CREATING_GRACE` it
+is ``abandoned`` and those runs CANCELED (so they no longer hold its batch
+key, and they expire like any ended run). The creator's own last step is a compare-and-set
+``creating -> running``, so a creation that outlives the grace does not revive
+an abandoned batch: it cancels what it made and raises.
 """
 
 from __future__ import annotations
@@ -58,10 +67,13 @@ from worker.ssrf import check_callback_url
 log = logging.getLogger(__name__)
 
 OnBadRows = Literal["skip", "abort"]
-BatchState = Literal["creating", "running", "finished"]
+BatchState = Literal["creating", "running", "finished", "abandoned"]
 
 #: Held runs are due this far in the future: never re-armed before release.
 HELD_FOR = 10 * 365 * 86400.0
+#: A batch still ``creating`` this long after it started was interrupted: abandon it.
+CREATING_GRACE = 600.0
+_ABANDONED = "batch creation was interrupted; its runs were canceled"
 #: After release, the sweeper may re-arm the run's submit this long after it was due.
 _FIRST_DUE_IN = 60.0
 _MAX_PROBLEMS_KEPT = 200
@@ -394,7 +406,12 @@ def create_batch(
         "callback_token": 0,
     }
     flat = _flat(record)
-    ctx.redis.hset(ctx.keys.batch(batch_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+    # Indexed from the start, so the batch sweep can abandon a creation that dies.
+    start = ctx.redis.pipeline(transaction=True)
+    start.hset(ctx.keys.batch(batch_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True)))
+    start.zadd(ctx.keys.batches, {batch_id: now})
+    start.zadd(ctx.keys.active_batches, {batch_id: now})
+    start.execute()
     run_ids: list[str] = []
     pending: list[str] = []
     reused = 0
@@ -415,19 +432,25 @@ def create_batch(
             "row": row.number,
         }
         run_id, _ = ctx.ledger.create(params, first_due_in=HELD_FOR)
+        ctx.redis.rpush(ctx.keys.batch_created(batch_id), run_id)
         run_ids.append(run_id)
         pending.append(run_id)
         if key_map:
             ctx.redis.hset(key_map, row_hash, run_id)
+    if key_map:
+        ctx.redis.expire(key_map, ctx.settings.run_retention)
+    if not _batch_cas(ctx, batch_id, {"state": ["creating"]}, {"reused": reused}):
+        # Abandoned by the batch sweep while this creation was still going.
+        _cancel_runs(ctx, pending)
+        raise InvalidBatchError(
+            [f"batch {batch_id}: {_ABANDONED} (took over {CREATING_GRACE:g} s)"]
+        )
     pipe = ctx.redis.pipeline(transaction=True)
     pipe.rpush(ctx.keys.batch_rows(batch_id), *run_ids)
     if pending:
         pipe.rpush(ctx.keys.batch_pending(batch_id), *pending)
-    pipe.zadd(ctx.keys.batches, {batch_id: now})
-    pipe.zadd(ctx.keys.active_batches, {batch_id: now})
-    if key_map:
-        pipe.expire(key_map, ctx.settings.run_retention)
-    pipe.hset(ctx.keys.batch(batch_id), mapping={"state": "running", "reused": str(reused)})
+    pipe.delete(ctx.keys.batch_created(batch_id))
+    pipe.hset(ctx.keys.batch(batch_id), "state", "running")
     pipe.execute()
     log.info(
         "batch %s: %d row(s) for app %s (%d reused, %d bad row(s) skipped), max %d in flight",
@@ -465,6 +488,37 @@ def _resumable(ctx: Context, app_id: str, key_map: str, rows: Sequence[Row]) -> 
     return reuse
 
 
+# --- an interrupted creation ------------------------------------------------------------
+
+
+def _cancel_runs(ctx: Context, run_ids: Iterable[str]) -> None:
+    """Cancel held runs that never got going (QUEUED only: anything else is left alone)."""
+    for run_id in run_ids:
+        ctx.ledger.cas(
+            run_id, states={RunState.QUEUED}, to=RunState.CANCELED, fields={"error": _ABANDONED}
+        )
+
+
+def _abandon_if_stale(ctx: Context, batch_id: str) -> bool:
+    """Abandon a batch whose creation started over :data:`CREATING_GRACE` s ago; say if it did.
+
+    The compare-and-set ``creating -> abandoned`` comes first, so a creation still
+    finishing cannot revive the batch (its own last step is ``creating -> running``).
+    """
+    started = ctx.redis.hget(ctx.keys.batch(batch_id), "created_at")
+    if started is None or ctx.clock() - float(_text(started)) < CREATING_GRACE:
+        return False
+    fields = {"state": "abandoned", "finished_at": ctx.clock(), "error": _ABANDONED}
+    if not _batch_cas(ctx, batch_id, {"state": ["creating"]}, fields):
+        return False
+    created = [_text(r) for r in ctx.redis.lrange(ctx.keys.batch_created(batch_id), 0, -1)]
+    _cancel_runs(ctx, created)
+    ctx.redis.delete(ctx.keys.batch_created(batch_id))
+    ctx.redis.zrem(ctx.keys.active_batches, batch_id)
+    log.warning("batch %s: %s (%d run(s))", batch_id, _ABANDONED, len(created))
+    return True
+
+
 # --- tick: prune, release, finish -------------------------------------------------------
 
 
@@ -488,7 +542,9 @@ def tick(ctx: Context, batch_id: str) -> list[Next]:
     keys = ctx.keys
     state = ctx.redis.hget(keys.batch(batch_id), "state")
     if state is None or _text(state) != "running":
-        if state is None or _text(state) == "finished":
+        if state is not None and _text(state) == "creating":
+            _abandon_if_stale(ctx, batch_id)
+        elif state is None or _text(state) in ("finished", "abandoned"):
             ctx.redis.zrem(keys.active_batches, batch_id)
         return []
     limit = int(ctx.redis.hget(keys.batch(batch_id), "max_in_flight") or 1)
@@ -593,8 +649,9 @@ class BatchStatus:
 
     @property
     def finished(self) -> bool:
-        """True once every run of the batch is terminal and the batch was closed."""
-        return self.record.get("state") == "finished"
+        """True once every run of the batch is terminal and the batch was closed
+        (``finished``, or ``abandoned`` when its creation was interrupted)."""
+        return self.record.get("state") in ("finished", "abandoned")
 
     def done(self) -> int:
         """Rows that ended (completed or failed)."""

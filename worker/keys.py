@@ -95,6 +95,10 @@ class Keys:
         """Run ids of a batch waiting for a concurrency slot, in row order."""
         return f"{self.prefix}:batch:{batch_id}:pending"
 
+    def batch_created(self, batch_id: str) -> str:
+        """Run ids made so far by a batch still being created (to cancel if it never ends)."""
+        return f"{self.prefix}:batch:{batch_id}:created"
+
     def batch_inflight(self, batch_id: str) -> str:
         """Run ids of a batch released (submitted or in flight) and not yet terminal."""
         return f"{self.prefix}:batch:{batch_id}:inflight"

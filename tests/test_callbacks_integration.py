@@ -19,6 +19,7 @@ import standardwebhooks
 from tests.conftest import API_KEY
 from tests.stack import Stack, running_stack
 from worker import events
+from worker.api import cancel_run
 from worker.callbacks import failed_callbacks
 from worker.celery_app import publish
 from worker.cli import main
@@ -194,6 +195,18 @@ def test_started_and_completed_events_arrive_in_sequence(stack: Stack) -> None:
     assert [p["type"] for p in payloads] == ["workflow_run.started", "workflow_run.completed"]
     assert [p["sequence"] for p in payloads] == [1, 2]
     _verify_all(got)
+
+
+def test_the_started_event_arrives_while_the_run_is_still_running(stack: Stack) -> None:
+    # Given a long job and a run that asked for its started event
+    app = stack.app(duration=60.0, pending_seconds=0.1)
+    run_id = stack.enqueue(app.id, callback_url=stack.receiver.url, events=[events.STARTED])
+
+    # When the job is seen running, the started event goes out then, not at the end
+    wait_until(lambda: stack.received(run_id), timeout=20, message="the started callback")
+    assert stack.context.ledger.require(run_id).state is RunState.RUNNING
+    assert [json.loads(d["body"])["type"] for d in stack.received(run_id)] == [events.STARTED]
+    cancel_run(run_id, context=stack.context)  # (ends it: no event wanted for that)
 
 
 def test_refused_callback_is_dead_lettered_and_replay_delivers_it(stack: Stack) -> None:

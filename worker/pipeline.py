@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -678,10 +678,19 @@ def _from_hint(run_id: str, token: int, hint: Any) -> Run | None:
 
 
 def _reschedule_poll(
-    ctx: Context, run: Run, token: int, interval: float, fields: Mapping[str, Any]
+    ctx: Context,
+    run: Run,
+    token: int,
+    interval: float,
+    fields: Mapping[str, Any],
+    also: Sequence[Next] = (),
 ) -> list[Next]:
     """Record this poll and schedule the next, in one compare-and-set that also moves
-    the token on (``token -> token+1``): a duplicate of this message finds it moved."""
+    the token on (``token -> token+1``): a duplicate of this message finds it moved.
+
+    ``also``: other tasks this poll starts (its ``workflow_run.started`` delivery);
+    pushed with the same write, so no crash can record the change and lose them.
+    """
     countdown = jittered(ctx, interval)
     now = ctx.clock()
     # Far-off polls are parked in Redis, not held by a worker as countdown messages;
@@ -697,7 +706,8 @@ def _reschedule_poll(
     if fields.get("state_to"):
         after["state"] = RunState(fields["state_to"]).value
     step = Next(task_names.POLL, (run.run_id, token + 1, poll_hint(after)), countdown)
-    push = None if park else _encode(ctx, [step])
+    outgoing = [*([] if park else [step]), *also]  # a parked poll is the dispatcher's
+    push = _encode(ctx, outgoing) if outgoing else None
     ok = ctx.ledger.cas(
         run.run_id,
         states=POLLING_STATES,
@@ -709,9 +719,9 @@ def _reschedule_poll(
         push=push or (),
         fields=changes,
     )
-    if not ok or park or push:
+    if not ok or push:
         return []
-    return [step]
+    return outgoing
 
 
 def poll_step(ctx: Context, run_id: str, token: int, hint: Any = None) -> list[Next]:
@@ -807,15 +817,15 @@ def poll_step(ctx: Context, run_id: str, token: int, hint: Any = None) -> list[N
             fields=fields,
             run=record,
         )
-    steps: list[Next] = []
+    started: list[Next] = []
     if job.status == "running" and run.state is RunState.SUBMITTED:
         progress["state_to"] = RunState.RUNNING
         full = record or ctx.ledger.get(run_id)  # once per run: its callback settings
         if full is not None and events.wants_started(full):
             callback_token = int(full.get("callback_token") or 0)
-            steps.append(Next(task_names.DELIVER_CALLBACK, (run_id, callback_token)))
-    polls = _reschedule_poll(ctx, run, token, _next_interval(ctx, run, job), progress)
-    return polls + steps if polls else []
+            started.append(Next(task_names.DELIVER_CALLBACK, (run_id, callback_token)))
+    interval = _next_interval(ctx, run, job)
+    return _reschedule_poll(ctx, run, token, interval, progress, also=started)
 
 
 # --- cancel ---------------------------------------------------------------------------

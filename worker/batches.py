@@ -437,21 +437,22 @@ def create_batch(
         pending.append(run_id)
         if key_map:
             ctx.redis.hset(key_map, row_hash, run_id)
-    if key_map:
-        ctx.redis.expire(key_map, ctx.settings.run_retention)
-    if not _batch_cas(ctx, batch_id, {"state": ["creating"]}, {"reused": reused}):
-        # Abandoned by the batch sweep while this creation was still going.
-        _cancel_runs(ctx, pending)
-        raise InvalidBatchError(
-            [f"batch {batch_id}: {_ABANDONED} (took over {CREATING_GRACE:g} s)"]
-        )
     pipe = ctx.redis.pipeline(transaction=True)
     pipe.rpush(ctx.keys.batch_rows(batch_id), *run_ids)
     if pending:
         pipe.rpush(ctx.keys.batch_pending(batch_id), *pending)
-    pipe.delete(ctx.keys.batch_created(batch_id))
-    pipe.hset(ctx.keys.batch(batch_id), "state", "running")
+    if key_map:
+        pipe.expire(key_map, ctx.settings.run_retention)
     pipe.execute()
+    # Last, and only from ``creating``: a batch the sweep abandoned meanwhile stays so.
+    if not _batch_cas(
+        ctx, batch_id, {"state": ["creating"]}, {"state": "running", "reused": reused}
+    ):
+        _cancel_runs(ctx, pending)
+        raise InvalidBatchError(
+            [f"batch {batch_id}: {_ABANDONED} (took over {CREATING_GRACE:g} s)"]
+        )
+    ctx.redis.delete(ctx.keys.batch_created(batch_id))
     log.info(
         "batch %s: %d row(s) for app %s (%d reused, %d bad row(s) skipped), max %d in flight",
         batch_id,

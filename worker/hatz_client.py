@@ -169,7 +169,7 @@ def _transport_error(exc: Exception, method: str, path: str) -> HatzError:
         return HatzConnectError(f"cannot connect ({where})")
     if isinstance(exc, ReadTimedOut):
         return HatzTimeoutError(f"read timeout ({where})")
-    inner = exc.__cause__ if isinstance(exc, TransportError) and exc.__cause__ else exc
+    inner = exc.cause if isinstance(exc, TransportError) and exc.cause else exc
     return HatzTransportError(f"connection lost: {type(inner).__name__} ({where})")
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -1166,3 +1168,116 @@ def test_app_from_json_matches_the_python_definition() -> None:
     assert app.steps[0].is_document
     assert app.faults == FaultConfig(error_rate=0.5)
     assert app.steps[0].id == FakeApp(id="a").steps[0].id  # ids derive from the app id
+
+
+# --- request parsing (the server's own header reading, worker.http_headers) --------------
+
+
+def address(fake: FakeHatz) -> tuple[str, int]:
+    parts = urlsplit(fake.root_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    return parts.hostname, parts.port
+
+
+def raw_exchange(fake: FakeHatz, *requests_: bytes) -> tuple[bytes, bool]:
+    """Send the raw requests on one connection; return all that came back and whether
+    the server closed the connection afterwards (EOF before the 10 s deadline)."""
+    with socket.create_connection(address(fake), timeout=10) as sock:
+        for request in requests_:
+            sock.sendall(request)
+        received = b""
+        sock.settimeout(0.5)
+        closed = False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                if received.count(b"HTTP/1.") >= len(requests_):
+                    break  # every answer is in and the connection stays open
+                continue
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    return received, closed
+
+
+def get_models(version: bytes = b"HTTP/1.1", extra: bytes = b"") -> bytes:
+    return (
+        b"GET /v1/app/list HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() + b"\r\n" + extra
+    ).replace(b"HTTP/1.1", version, 1) + b"\r\n"
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(fake: FakeHatz) -> None:
+    received, closed = raw_exchange(fake, get_models(), get_models())
+
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert not closed
+
+
+def test_http_1_0_and_connection_close_end_the_connection(fake: FakeHatz) -> None:
+    for request in (get_models(b"HTTP/1.0"), get_models(extra=b"Connection: close\r\n")):
+        received, closed = raw_exchange(fake, request)
+
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert closed
+
+
+def test_http_1_0_with_keep_alive_keeps_the_connection(fake: FakeHatz) -> None:
+    request = get_models(b"HTTP/1.0", b"Connection: keep-alive\r\n")
+    received, closed = raw_exchange(fake, request, request)
+
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert not closed
+
+
+def test_headers_are_read_case_insensitively_and_folded_lines_join(fake: FakeHatz) -> None:
+    request = (
+        b"GET /v1/app/list HTTP/1.1\r\nhost: x\r\nx-api-key:\r\n " + API_KEY.encode() + b"\r\n\r\n"
+    )
+    received, _ = raw_exchange(fake, request)
+
+    assert received.startswith(b"HTTP/1.1 401 ")  # the folded key is "\r\n test-key": wrong
+
+
+def test_expect_100_continue_gets_an_interim_answer_before_the_body(fake: FakeHatz) -> None:
+    body = b'{"app_id": "x", "inputs": {}}'
+    head = (
+        b"POST /v1/workflows/run HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+        + API_KEY.encode()
+        + b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(address(fake), timeout=10) as sock:
+        sock.sendall(head)
+        interim = sock.recv(65536)
+        sock.sendall(body)
+        final = sock.recv(65536)
+
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+    assert final.startswith(b"HTTP/1.1 ")
+    assert not final.startswith(b"HTTP/1.1 100")
+
+
+def test_too_many_header_lines_is_431_and_closes(fake: FakeHatz) -> None:
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(100))
+    received, closed = raw_exchange(fake, get_models(extra=many))
+
+    assert received.startswith(b"HTTP/1.1 431 ")
+    assert closed
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [(b"GET /v1/app/list HTTP/2.0", b"505"), (b"GET /v1/app/list HTTP/1.x", b"400")],
+)
+# (http.server answers these in HTTP/0.9 style, an error page without a status line.)
+def test_other_request_lines_are_answered_as_http_server_does(
+    fake: FakeHatz, line: bytes, status: bytes
+) -> None:
+    received, closed = raw_exchange(fake, line + b"\r\nHost: x\r\n\r\n")
+
+    assert b"Error code: " + status in received
+    assert closed

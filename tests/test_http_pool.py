@@ -328,6 +328,68 @@ def test_redirects_and_errors_are_returned_as_they_are(pool: HttpPool) -> None:
         assert [r.target for r in server.requests] == ["/moved", "/busy"]
 
 
+# The answer's framing, read by worker.http_pool's own header parsing (worker.http_headers):
+# each scripted answer must come out as plain http.client reads it.
+ANSWERS = {
+    "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+    "chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    ),
+    "100 continue first": (
+        b"HTTP/1.1 100 Continue\r\nX-Skipped: yes\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    "http/1.0": b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "http/1.0 keep-alive": (
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    "no length: read to close": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the end",
+    "negative length": b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nuntil the end",
+    "204 without length": b"HTTP/1.1 204 No Content\r\n\r\n",
+    "connection: close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    "folded and repeated headers": (
+        b"HTTP/1.1 200 OK\r\nX-F: one\r\n two\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ANSWERS))
+def test_an_answer_is_framed_as_http_client_frames_it(pool: HttpPool, name: str) -> None:
+    def scripted(conn: Conn) -> None:
+        conn.read_request()
+        conn.sock.sendall(ANSWERS[name])
+        # Returning closes the connection: answers without a length end there.
+
+    with serving(scripted) as server:
+        ours = pool.urlopen("GET", f"{server.url}/x")
+        kept = sum(len(stack) for stack in pool._idle.values())
+    with serving(scripted) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+        try:
+            conn.request("GET", "/x")
+            stdlib = conn.getresponse()
+            data = stdlib.read()
+        finally:
+            conn.close()
+
+    assert (ours.status, ours.reason, ours.data) == (stdlib.status, stdlib.reason, data)
+    assert ours.headers.items() == stdlib.headers.items()
+    assert kept == (0 if stdlib.will_close else 1)
+
+
+def test_an_answer_of_another_protocol_is_connection_lost(pool: HttpPool) -> None:
+    def scripted(conn: Conn) -> None:
+        conn.read_request()
+        conn.sock.sendall(b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    with serving(scripted) as server, pytest.raises(ConnectionLost) as info:
+        pool.urlopen("GET", f"{server.url}/x")
+
+    assert isinstance(info.value.cause, http.client.UnknownProtocol)
+
+
 # --- bodies ---------------------------------------------------------------------------------
 
 

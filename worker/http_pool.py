@@ -39,6 +39,8 @@ from urllib.parse import unquote, urlsplit
 
 import certifi
 
+from worker.http_headers import read_headers
+
 #: What :meth:`HttpPool.urlopen` sends: nothing, bytes, or a sized iterable of bytes.
 Body = bytes | Iterable[bytes] | None
 
@@ -97,6 +99,60 @@ class Response:
         for name, value in (headers or {}).items():
             message[name] = value
         return cls(status, reason, message, data)
+
+
+class _Answer(http.client.HTTPResponse):
+    """``http.client``'s response, its header block read by :func:`read_headers`.
+
+    ``begin`` is ``http.client.HTTPResponse.begin`` (CPython 3.11-3.13) with
+    :func:`worker.http_headers.read_headers` in place of ``parse_headers``, which
+    costs a tenth of the CPU for the same headers.
+    """
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        while True:  # skip any "100 Continue" answers
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            read_headers(self.fp)
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = read_headers(self.fp)
+        encoding = self.headers.get("transfer-encoding") or ""
+        self.chunked = encoding.lower() == "chunked"
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
+class _Connection(http.client.HTTPConnection):
+    response_class = _Answer
+
+
+class _TlsConnection(http.client.HTTPSConnection):
+    response_class = _Answer
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -294,20 +350,18 @@ class HttpPool:
         try:
             if self._proxy is None:
                 if scheme == "https":
-                    conn = http.client.HTTPSConnection(
-                        host, port, timeout=timeout, context=self._context()
-                    )
+                    conn = _TlsConnection(host, port, timeout=timeout, context=self._context())
                 else:
-                    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                    conn = _Connection(host, port, timeout=timeout)
             else:
                 proxy_host, proxy_port, auth = self._proxy
                 if scheme == "https":
-                    conn = http.client.HTTPSConnection(
+                    conn = _TlsConnection(
                         proxy_host, proxy_port, timeout=timeout, context=self._context()
                     )
                     conn.set_tunnel(host, port, {"Proxy-Authorization": auth} if auth else None)
                 else:
-                    conn = http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeout)
+                    conn = _Connection(proxy_host, proxy_port, timeout=timeout)
             conn.connect()
             assert conn.sock is not None
             conn.sock.settimeout(self.read_timeout)

@@ -10,15 +10,19 @@ leaving threads serving pooled connections after ``stop()``.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import socket
 import socketserver
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from worker.http_headers import read_headers
 
 from .body import Body
 from .dispatch import handle
@@ -29,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Unread body bytes drained after a response to keep the connection; more closes it.
 _DRAIN_LIMIT = 1024 * 1024
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+_date: tuple[int, str] = (0, "")  # (second, its Date header value), shared by all threads
 
 
 class FakeHatzServer(ThreadingHTTPServer):
@@ -91,6 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Idle keep-alive connections are dropped after this many seconds.
     timeout = 120
     server: FakeHatzServer
+    raw_requestline: bytes  # set by http.server before parse_request
 
     def setup(self) -> None:
         super().setup()
@@ -104,6 +111,48 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr line; the call log records requests."""
+
+    def parse_request(self) -> bool:
+        """``http.server``'s parsing of an ``HTTP/1.0`` or ``HTTP/1.1`` request, with the
+        header block read by :func:`worker.http_headers.read_headers` (the same headers, at
+        a tenth of the CPU); any other request line is left to ``http.server`` itself."""
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
+            return bool(super().parse_request())
+        command, path, version = words
+        self.requestline = line
+        self.command, self.request_version = command, version
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path
+        self.close_connection = version == "HTTP/1.0"
+        try:
+            self.headers = read_headers(self.rfile)
+        except http.client.LineTooLong as err:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
+            return False
+        except http.client.HTTPException as err:
+            self.send_error(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err)
+            )
+            return False
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if self.headers.get("Expect", "").lower() == "100-continue" and version == "HTTP/1.1":
+            return bool(self.handle_expect_100())
+        return True
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header's value, formatted once per second."""
+        global _date
+        if timestamp is not None:
+            return str(super().date_time_string(timestamp))
+        second = int(time.time())
+        if _date[0] != second:
+            _date = (second, str(super().date_time_string(second)))
+        return _date[1]
 
     def _serve(self) -> None:
         request = self._request()
@@ -151,10 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _write(self, response: Response) -> None:
         if response.close_connection:
             self.close_connection = True
-        try:
-            phrase = HTTPStatus(response.status).phrase
-        except ValueError:
-            phrase = ""
+        phrase = _PHRASES.get(response.status, "")
         lines = [
             f"HTTP/1.1 {response.status} {phrase}",
             f"Server: {self.server_version}",

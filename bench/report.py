@@ -40,6 +40,16 @@ def _per_round(r: dict[str, Any], name: str, key: str, per_task: int) -> str:
     return f" (rounds: {', '.join(f'{v:.2f}' for v in ratios)})"
 
 
+_CPU_GROUPS = ("worker_main", "worker_pool", "redis", "fake_hatz")
+
+
+def _cpu(per_item: dict[str, float] | None) -> str:
+    """``main / pool / Redis / fake`` CPU microseconds per run or task, or ""."""
+    if not per_item:
+        return ""
+    return " / ".join(_num(per_item.get(name)) for name in _CPU_GROUPS) + " us"
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     """The table rows for results ``r`` (see :func:`bench.runner.run`)."""
     out: list[Row] = []
@@ -63,6 +73,17 @@ def rows(r: dict[str, Any]) -> list[Row]:
             + _per_round(r, "first_poll", "runs_per_s", first["tasks_per_run"]),
         )
     )
+    if first.get("cpu_us_per_run"):
+        out.append(
+            (
+                "1 ceiling",
+                "CPU per run: worker main / pool / Redis / fake Hatz",
+                _cpu(first["cpu_us_per_run"]),
+                "per no-op task: " + _cpu(r["ceiling"]["2"].get("cpu_us_per_task")),
+                "",
+                "(fake Hatz: the harness's)",
+            )
+        )
     tp = r["poll_throughput"]
     out.append(
         (

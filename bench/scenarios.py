@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -166,14 +166,34 @@ def measure_rate(count: Callable[[], int], total: int, timeout: float) -> float:
 
     The crossing times are interpolated between samples taken every 5 ms.
     """
+    return measure_rate_and_cpu(count, total, timeout, {})[0]
+
+
+def measure_rate_and_cpu(
+    count: Callable[[], int],
+    total: int,
+    timeout: float,
+    processes: Mapping[str, Callable[[], Sequence[int]]],
+) -> tuple[float, dict[str, float]]:
+    """:func:`measure_rate`, and the CPU microseconds per completion of each group of
+    ``processes`` (name -> its pids, looked up at 10 %) between 10 % and 90 %."""
     lo, hi = total * 0.1, total * 0.9
     samples: list[tuple[float, int]] = []
+    pids: dict[str, Sequence[int]] = {}
+    at_lo: tuple[int, dict[str, float]] | None = None
     deadline = time.monotonic() + timeout
     while not samples or samples[-1][1] < hi:
         samples.append((time.monotonic(), count()))
+        if at_lo is None and samples[-1][1] >= lo and processes:
+            pids = {name: find() for name, find in processes.items()}
+            at_lo = (samples[-1][1], {name: cpu_seconds(p) for name, p in pids.items()})
         if samples[-1][0] > deadline:
             raise TimeoutError(f"only {samples[-1][1]}/{total} done after {timeout} s")
         time.sleep(0.005)
+    cpu: dict[str, float] = {}
+    if at_lo is not None and samples[-1][1] > at_lo[0]:
+        done = samples[-1][1] - at_lo[0]
+        cpu = {name: 1e6 * (cpu_seconds(p) - at_lo[1][name]) / done for name, p in pids.items()}
 
     def crossing(level: float) -> float:
         for (t0, c0), (t1, c1) in itertools.pairwise(samples):
@@ -181,7 +201,17 @@ def measure_rate(count: Callable[[], int], total: int, timeout: float) -> float:
                 return t0 + (t1 - t0) * (level - c0) / (c1 - c0) if c1 > c0 else t1
         return samples[-1][0]
 
-    return (hi - lo) / max(1e-6, crossing(hi) - crossing(lo))
+    return (hi - lo) / max(1e-6, crossing(hi) - crossing(lo)), cpu
+
+
+def _processes(b: Bench, worker: Worker) -> dict[str, Callable[[], Sequence[int]]]:
+    """The process groups whose CPU a headline figure reports (see README "Performance")."""
+    return {
+        "worker_main": lambda: [worker.process.pid] if worker.process else [],
+        "worker_pool": worker.children,
+        "redis": b.redis_pid,
+        "fake_hatz": b.fake_pid,
+    }
 
 
 # --- 1. ceiling and first-poll runs ----------------------------------------------------------
@@ -195,12 +225,15 @@ def noop_ceiling(b: Bench, n: int, concurrency: int) -> dict[str, Any]:
             b.bench_celery.send_task(bench_apps.NOOP, producer=producer)
     worker = b.start_worker(concurrency, bench_tasks=True, wait=False)
     try:
-        rate = measure_rate(
-            lambda: int(b.ctx.redis.get(bench_apps.NOOP_DONE) or 0), n, timeout=120 + n / 50
+        rate, cpu = measure_rate_and_cpu(
+            lambda: int(b.ctx.redis.get(bench_apps.NOOP_DONE) or 0),
+            n,
+            timeout=120 + n / 50,
+            processes=_processes(b, worker),
         )
     finally:
         worker.close()
-    return {"tasks": n, "concurrency": concurrency, "tasks_per_s": rate}
+    return {"tasks": n, "concurrency": concurrency, "tasks_per_s": rate, "cpu_us_per_task": cpu}
 
 
 def first_poll_runs(b: Bench, n: int, concurrency: int) -> dict[str, Any]:
@@ -212,7 +245,12 @@ def first_poll_runs(b: Bench, n: int, concurrency: int) -> dict[str, Any]:
     schedule = b.ctx.keys.schedule
     worker = b.start_worker(concurrency, wait=False, poll_initial_delay=0.0)
     try:
-        rate = measure_rate(lambda: n - int(b.ctx.redis.zcard(schedule)), n, timeout=120 + n / 20)
+        rate, cpu = measure_rate_and_cpu(
+            lambda: n - int(b.ctx.redis.zcard(schedule)),
+            n,
+            timeout=120 + n / 20,
+            processes=_processes(b, worker),
+        )
         _wait_all_done(b, n, timeout=60)
     finally:
         worker.close()
@@ -221,6 +259,7 @@ def first_poll_runs(b: Bench, n: int, concurrency: int) -> dict[str, Any]:
         "runs": n,
         "concurrency": concurrency,
         "runs_per_s": rate,
+        "cpu_us_per_run": cpu,
         "tasks_per_run": 2,
         "status_calls_per_run": stats.get("status", 0) / n,
         "submits_per_run": stats.get("run", 0) / n,

@@ -26,3 +26,40 @@ def test_the_median_round_is_reported_and_every_rounds_own_ratio_is_listed() -> 
     assert _per_round(results, "first_poll", "runs_per_s", 2) == " (rounds: 0.60, 0.60, 0.91)"
     assert _per_round(results, "poll_throughput", "polls_per_s", 1) == " (rounds: 0.50, 0.55, 0.40)"
     assert _per_round({"rounds": rounds[:1]}, "first_poll", "runs_per_s", 2) == ""
+
+
+def test_cpu_per_completion_is_measured_between_10_and_90_percent() -> None:
+    import os
+    import time
+
+    from bench.scenarios import measure_rate_and_cpu
+
+    done = 0
+
+    def count() -> int:  # one completion per call, each costing ~2 ms of this process's CPU
+        nonlocal done
+        end = time.process_time() + 0.002
+        while time.process_time() < end:
+            pass
+        done += 1
+        return done
+
+    rate, cpu = measure_rate_and_cpu(
+        count, 200, timeout=60, processes={"me": lambda: [os.getpid()]}
+    )
+
+    assert rate > 0
+    assert set(cpu) == {"me"}
+    # Clock ticks are 10 ms: over ~160 completions of ~2 ms each the mean is within reach.
+    assert 1000 < cpu["me"] < 6000
+
+
+def test_the_cpu_row_lists_each_process_group_and_the_no_op_baseline() -> None:
+    from bench.report import _cpu
+
+    assert _cpu(None) == ""
+    cpu = {"worker_main": 1600.4, "worker_pool": 1700, "redis": 550, "fake_hatz": 450}
+    assert _cpu(cpu) == "1,600 / 1,700 / 550 / 450 us"
+    assert (
+        _cpu({"worker_main": 700, "worker_pool": 290, "redis": 150}) == "700 / 290 / 150 / n/a us"
+    )

@@ -285,26 +285,26 @@ def test_a_server_that_closes_without_answering_is_connection_lost_and_not_retri
         assert server.accepted == 2  # the failed connection was not reused
 
 
-def test_a_truncated_answer_is_connection_lost(pool: HttpPool) -> None:
-    def truncate(conn: Conn) -> None:
+@pytest.mark.parametrize(
+    ("answer", "cause"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b", http.client.IncompleteRead),
+        (b"SMTP ready\r\n\r\n", http.client.BadStatusLine),
+        (b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", http.client.UnknownProtocol),
+    ],
+    ids=["truncated", "garbled status line", "another protocol"],
+)
+def test_a_broken_answer_is_connection_lost(
+    pool: HttpPool, answer: bytes, cause: type[Exception]
+) -> None:
+    def broken(conn: Conn) -> None:
         conn.read_request()
-        conn.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        conn.sock.sendall(answer)
 
-    with serving(truncate) as server, pytest.raises(ConnectionLost) as info:
+    with serving(broken) as server, pytest.raises(ConnectionLost) as info:
         pool.urlopen("GET", f"{server.url}/x")
 
-    assert isinstance(info.value.cause, http.client.IncompleteRead)
-
-
-def test_a_garbled_status_line_is_connection_lost(pool: HttpPool) -> None:
-    def garble(conn: Conn) -> None:
-        conn.read_request()
-        conn.sock.sendall(b"SMTP ready\r\n\r\n")
-
-    with serving(garble) as server, pytest.raises(ConnectionLost) as info:
-        pool.urlopen("GET", f"{server.url}/x")
-
-    assert isinstance(info.value.cause, http.client.BadStatusLine)
+    assert isinstance(info.value.cause, cause)
 
 
 def test_redirects_and_errors_are_returned_as_they_are(pool: HttpPool) -> None:
@@ -377,17 +377,6 @@ def test_an_answer_is_framed_as_http_client_frames_it(pool: HttpPool, name: str)
     assert (ours.status, ours.reason, ours.data) == (stdlib.status, stdlib.reason, data)
     assert ours.headers.items() == stdlib.headers.items()
     assert kept == (0 if stdlib.will_close else 1)
-
-
-def test_an_answer_of_another_protocol_is_connection_lost(pool: HttpPool) -> None:
-    def scripted(conn: Conn) -> None:
-        conn.read_request()
-        conn.sock.sendall(b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n")
-
-    with serving(scripted) as server, pytest.raises(ConnectionLost) as info:
-        pool.urlopen("GET", f"{server.url}/x")
-
-    assert isinstance(info.value.cause, http.client.UnknownProtocol)
 
 
 # --- bodies ---------------------------------------------------------------------------------

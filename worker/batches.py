@@ -431,8 +431,9 @@ def create_batch(
             "batch_id": batch_id,
             "row": row.number,
         }
-        run_id, _ = ctx.ledger.create(params, first_due_in=HELD_FOR)
-        ctx.redis.rpush(ctx.keys.batch_created(batch_id), run_id)
+        run_id, _ = ctx.ledger.create(
+            params, first_due_in=HELD_FOR, listed_in=ctx.keys.batch_created(batch_id)
+        )
         run_ids.append(run_id)
         pending.append(run_id)
         if key_map:

@@ -159,7 +159,8 @@ if ARGV[10] == '1' then return {1, token, state, redis.call('HGETALL', KEYS[1])}
 return {1, token, state}
 """
 
-# KEYS: run hash, runs zset, schedule zset, idempotency key ("" when none), metrics hash
+# KEYS: run hash, runs zset, schedule zset, idempotency key ("" when none), metrics hash,
+#       a list to append the new run id to ("" when none)
 # ARGV: run_id, now, next_at, fingerprint, idem ttl, field, value, ...
 # Returns {1, run_id} or {0, existing_run_id, existing_fingerprint}.
 _CREATE = """
@@ -175,6 +176,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'state|QUEUED', 1)
+if KEYS[6] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[1]) end
 return {1, ARGV[1]}
 """
 
@@ -334,6 +336,7 @@ class Ledger:
         params_fingerprint: str = "",
         first_due_in: float = 0.0,
         run_id: str | None = None,
+        listed_in: str = "",
     ) -> tuple[str, bool]:
         """Create a QUEUED run; return ``(run_id, created)``.
 
@@ -342,6 +345,8 @@ class Ledger:
         :class:`IdempotencyConflictError`. ``first_due_in``: when the first task
         is due; the sweeper re-arms the run if it is still QUEUED
         ``HATZ_SWEEP_GRACE`` seconds later (the publish may have been lost).
+        ``listed_in``: a Redis list the new run's id is appended to in the same
+        script (a batch's runs as they are made), so no run exists unlisted.
         """
         run_id = run_id or uuid.uuid4().hex
         now = self.clock()
@@ -366,6 +371,7 @@ class Ledger:
                 self.keys.schedule,
                 idem_key,
                 self.keys.metrics,
+                listed_in,
             ],
             args=[
                 run_id,

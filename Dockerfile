@@ -9,11 +9,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY config ./config
 COPY worker ./worker
 COPY tasks ./tasks
-# Flower is an optional extra; the image carries it so `celery -A worker flower` works.
-RUN pip install ".[flower]"
+# The exact versions the suite passed with (requirements/main.txt, with hashes), then the
+# package itself. Flower is an optional extra; the image carries it for `celery -A worker flower`.
+RUN pip install --require-hashes -r requirements/main.txt
+RUN pip install --no-deps ".[flower]"
 
 # Never run as root: a compromised task gets an unprivileged user only.
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app hatz

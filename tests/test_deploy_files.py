@@ -155,7 +155,8 @@ def test_procfile_runs_worker_beat_and_flower_without_remapping_sigterm() -> Non
 def test_dockerfile_installs_the_package_and_runs_as_non_root() -> None:
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
 
-    assert any(re.match(r'RUN pip install "?\.(\[flower\])?"?$', line) for line in lines)
+    assert "RUN pip install --require-hashes -r requirements/main.txt" in lines
+    assert any(re.match(r'RUN pip install --no-deps "?\.(\[flower\])?"?$', line) for line in lines)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users
     assert users[-1] not in {"root", "0"}

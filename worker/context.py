@@ -70,12 +70,8 @@ def redis_from_settings(settings: Settings) -> Redis:
     if urlsplit(settings.redis_url).scheme != "sentinel":
         return redis_from_url(settings.redis_url)
     sentinels, db, password = sentinel_addresses(settings.redis_url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, db=db, password=password, **_CONNECTION_OPTIONS
-    )
-    master: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.redis_sentinel_master
-    )
+    sentinel = Sentinel(sentinels, db=db, password=password, **_CONNECTION_OPTIONS)
+    master: Redis = sentinel.master_for(settings.redis_sentinel_master)
     return master
 
 

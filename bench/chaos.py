@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings, load_settings
-from worker.api import enqueue_run
-from worker.celery_app import create_app
+from worker.api.runs import enqueue_run
 from worker.context import Context
 from worker.fake_hatz import FakeApp, FakeHatz, FakeInput, FakeStep, FaultConfig
-from worker.local_stack import (
+from worker.local.stack import (
     CallbackReceiver,
     CeleryProcess,
     LocalRedis,
     Supervisor,
     wait_until,
 )
+from worker.taskqueue.app import create_app
 
 API_KEY = "chaos-key-0123456789"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -31,12 +31,12 @@ from bench.stack import (
 )
 from config import Settings
 from worker import task_names
-from worker.api import enqueue_run
-from worker.celery_app import create_app
+from worker.api.runs import enqueue_run
 from worker.context import Context
-from worker.ledger import PRE_SUBMIT_STATES, RunState
-from worker.local_stack import CallbackReceiver, LocalRedis
-from worker.pipeline import poll_hint
+from worker.local.stack import CallbackReceiver, LocalRedis
+from worker.runs.pipeline import poll_hint
+from worker.store.ledger import PRE_SUBMIT_STATES, RunState
+from worker.taskqueue.app import create_app
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PIPELINE_QUEUES = list(task_names.ALL_QUEUES)

@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from celery import Celery
 
-from worker.local_stack import CeleryProcess, free_port, wait_until
+from worker.local.stack import CeleryProcess, free_port, wait_until
 
 API_KEY = "bench-key-0123456789"
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,7 @@
 
 Every knob is an environment variable with the ``HATZ_`` prefix (or a line in
 ``.env``). Celery's own configuration is derived from these values in
-:mod:`worker.celery_app`; nothing else reads the environment.
+:mod:`worker.taskqueue.app`; nothing else reads the environment.
 """
 
 from __future__ import annotations

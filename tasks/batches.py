@@ -1,23 +1,23 @@
-"""Batch and schedule tasks: thin wrappers over worker.batches and worker.schedules."""
+"""Batch and schedule tasks: thin wrappers over worker.batches.core and worker.batches.schedules."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from worker import task_names
-from worker.batches import deliver_batch_callback as deliver_batch_callback_step
-from worker.batches import sweep_batches, tick
-from worker.batches_api import enqueue_batch
-from worker.celery_app import app, publish
+from worker.api.batches import enqueue_batch
+from worker.batches.core import deliver_batch_callback as deliver_batch_callback_step
+from worker.batches.core import sweep_batches, tick
+from worker.batches.schedules import fire
 from worker.context import get_context
-from worker.schedules import fire
+from worker.taskqueue.app import app, publish
 
 
 @app.task(name=task_names.RUN_BATCH, ignore_result=False)  # type: ignore[untyped-decorator]
 def run_batch(**request: Any) -> str:
     """Public entry point for ``send_task("hatz.run_batch", kwargs={...})``.
 
-    Takes :func:`worker.batches_api.enqueue_batch`'s keyword arguments; returns the batch id.
+    Takes :func:`worker.api.batches.enqueue_batch`'s keyword arguments; returns the batch id.
     """
     return enqueue_batch(context=get_context(), celery=app, **request)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from worker import task_names
-from worker.callbacks import deliver_step
-from worker.celery_app import app, publish
-from worker.task_guard import run_step
+from worker.runs.task_guard import run_step
+from worker.taskqueue.app import app, publish
+from worker.webhooks.delivery import deliver_step
 
 
 @app.task(name=task_names.DELIVER_CALLBACK)  # type: ignore[untyped-decorator]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from worker import task_names
-from worker.celery_app import app, publish
 from worker.context import get_context
-from worker.sweeper import sweep as sweep_once
+from worker.runs.sweeper import sweep as sweep_once
+from worker.taskqueue.app import app, publish
 
 
 @app.task(name=task_names.SWEEP)  # type: ignore[untyped-decorator]

@@ -1,15 +1,15 @@
-"""Run tasks: thin wrappers over :mod:`worker.pipeline`, passing run ids and tokens only."""
+"""Run tasks: thin wrappers over :mod:`worker.runs.pipeline`, passing run ids and tokens only."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from worker import task_names
-from worker.api import enqueue_run
-from worker.celery_app import app, publish
+from worker.api.runs import enqueue_run
 from worker.context import get_context
-from worker.pipeline import poll_step, submit_step
-from worker.task_guard import run_step
+from worker.runs.pipeline import poll_step, submit_step
+from worker.runs.task_guard import run_step
+from worker.taskqueue.app import app, publish
 
 
 @app.task(name=task_names.RUN_WORKFLOW, ignore_result=False)  # type: ignore[untyped-decorator]
@@ -32,7 +32,7 @@ def run_workflow(**request: Any) -> str:
 def submit(run_id: str, token: int, hint: dict[str, Any] | None = None) -> None:
     """Validate, upload and submit a run (``hatz.submit``).
 
-    ``hint``: the run's app when it has no files (:func:`worker.pipeline.submit_hint`);
+    ``hint``: the run's app when it has no files (:func:`worker.runs.pipeline.submit_hint`);
     messages without one still work.
     """
     publish(run_step(submit_step, run_id, token, hint, task=task_names.SUBMIT), app)
@@ -43,6 +43,6 @@ def poll(run_id: str, token: int, hint: list[Any] | None = None) -> None:
     """Poll a run's job once and reschedule itself with a countdown (``hatz.poll``).
 
     ``hint``: the few run fields the poll needs, as its last compare-and-set left
-    them (:func:`worker.pipeline.poll_hint`); messages without one still work.
+    them (:func:`worker.runs.pipeline.poll_hint`); messages without one still work.
     """
     publish(run_step(poll_step, run_id, token, hint, task=task_names.POLL), app)

@@ -12,7 +12,7 @@ import pytest
 
 from config import Settings
 from worker.context import Context
-from worker.hatz_client import HatzClient
+from worker.hatz.client import HatzClient
 
 API_KEY = "test-key-0123456789"
 

@@ -14,12 +14,12 @@ from celery import Celery
 
 from config import Settings
 from tests.conftest import API_KEY, make_settings
-from worker.api import enqueue_run, wait_for_run
-from worker.celery_app import create_app
+from worker.api.runs import enqueue_run, wait_for_run
 from worker.context import Context
 from worker.fake_hatz import FakeApp, FakeHatz
-from worker.ledger import Run
-from worker.local_stack import CallbackReceiver, CeleryProcess, LocalRedis
+from worker.local.stack import CallbackReceiver, CeleryProcess, LocalRedis
+from worker.store.ledger import Run
+from worker.taskqueue.app import create_app
 
 QUIET_WORKER = ["--without-gossip", "--without-mingle"]
 

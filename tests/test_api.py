@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from worker.api import cancel_run, enqueue_run, get_run, list_runs
+from worker.api.runs import cancel_run, enqueue_run, get_run, list_runs
 from worker.context import Context
 from worker.errors import IdempotencyConflictError, InvalidRunError, RunNotFoundError
-from worker.ledger import RunState
+from worker.store.ledger import RunState
 
 
 @pytest.fixture

@@ -18,15 +18,16 @@ from hypothesis import strategies as st
 from config import ConfigError, load_settings
 from tests.conftest import make_settings
 from worker import task_names
-from worker.api import enqueue_run
+from worker.api.runs import enqueue_run
 from worker.context import Context
 from worker.errors import HatzError
-from worker.hatz_client import HatzClient
-from worker.http_pool import Body, Response
-from worker.ledger import RunState
-from worker.pipeline import HINT_FIELDS, Next, poll_step, submit_step
-from worker.sweeper import sweep
-from worker.task_guard import run_step
+from worker.hatz.client import HatzClient
+from worker.hatz.transport import Body, Response
+from worker.runs.pipeline import HINT_FIELDS, poll_step, submit_step
+from worker.runs.sweeper import sweep
+from worker.runs.task_guard import run_step
+from worker.store.ledger import RunState
+from worker.store.outbox import Next
 
 FAST = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -17,15 +17,16 @@ import standardwebhooks
 
 from tests.conftest import API_KEY
 from tests.stack import Stack, running_stack
-from worker import breaker, task_names
-from worker.batches import list_batches
-from worker.batches_api import batch_results, enqueue_batch, wait_for_batch
-from worker.celery_app import publish
-from worker.cli import main
+from worker import task_names
+from worker.api.batches import batch_results, enqueue_batch, wait_for_batch
+from worker.batches.core import list_batches
+from worker.batches.schedules import schedule_state
+from worker.cli.main import main
 from worker.fake_hatz import FakeInput, FakeStep
-from worker.local_stack import CeleryProcess, wait_until
-from worker.pipeline import Next
-from worker.schedules import schedule_state
+from worker.limits import breaker
+from worker.local.stack import CeleryProcess, wait_until
+from worker.store.outbox import Next
+from worker.taskqueue.app import publish
 
 pytestmark = pytest.mark.integration
 

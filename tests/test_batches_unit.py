@@ -12,9 +12,8 @@ import fakeredis
 import pytest
 
 from tests.conftest import make_settings
-from worker import breaker, task_names
-from worker.api_budget import ApiBudget
-from worker.batches import (
+from worker import task_names
+from worker.batches.core import (
     CREATING_GRACE,
     batch_status,
     create_batch,
@@ -24,12 +23,15 @@ from worker.batches import (
     sweep_batches,
     tick,
 )
+from worker.batches.schedules import fire, load_schedules, parse_schedules
 from worker.context import Context
 from worker.errors import HatzBudgetError, HatzNotFoundError, InvalidBatchError, ScheduleError
-from worker.hatz_types import App, SubmittedJob, UserInput
-from worker.ledger import RunState
-from worker.pipeline import Next, submit_step
-from worker.schedules import fire, load_schedules, parse_schedules
+from worker.hatz.types import App, SubmittedJob, UserInput
+from worker.limits import breaker
+from worker.limits.budget import ApiBudget
+from worker.runs.pipeline import submit_step
+from worker.store.ledger import RunState
+from worker.store.outbox import Next
 
 APP = App(
     id="app",
@@ -290,7 +292,7 @@ def test_a_finished_row_run_ticks_its_batch(
     finished = ctx.ledger.require(str(poll.args[0]))
 
     assert finished.state is RunState.SUBMITTED
-    from worker.pipeline import finish
+    from worker.runs.pipeline import finish
 
     assert finish(ctx, finished.run_id, finished.token, RunState.COMPLETED) == [
         Next(task_names.BATCH_TICK, (batch_id,))

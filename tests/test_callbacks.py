@@ -16,22 +16,24 @@ import pytest
 import standardwebhooks
 
 from tests.conftest import make_settings
-from worker import events, task_names
-from worker.callbacks import (
+from worker import task_names
+from worker.cli.main import main
+from worker.context import Context
+from worker.errors import CallbackReplayError, UnsafeCallbackURLError
+from worker.retry_after import parse_retry_after
+from worker.runs.pipeline import cancel, finish
+from worker.store.ledger import ACTIVE_STATES, RunState
+from worker.store.outbox import Next
+from worker.taskqueue.app import create_app
+from worker.webhooks import events
+from worker.webhooks.delivery import (
     deliver_step,
     failed_callbacks,
     index_dead_letter,
     replay_callback,
     send_test,
 )
-from worker.celery_app import create_app
-from worker.cli import main
-from worker.context import Context
-from worker.errors import CallbackReplayError, UnsafeCallbackURLError
-from worker.ledger import ACTIVE_STATES, RunState
-from worker.pipeline import Next, cancel, finish
-from worker.retry_after import parse_retry_after
-from worker.webhook_transport import MAX_BODY_READ
+from worker.webhooks.transport import MAX_BODY_READ
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 DOC_URL = "https://bucket.example.com/j1/doc.pdf?X-Amz-Signature=presignedsecret"

@@ -18,16 +18,16 @@ import standardwebhooks
 
 from tests.conftest import API_KEY
 from tests.stack import Stack, running_stack
-from worker import events
-from worker.api import cancel_run
-from worker.callbacks import failed_callbacks
-from worker.celery_app import publish
-from worker.cli import main
+from worker.api.runs import cancel_run
+from worker.cli.main import main
 from worker.context import Context
 from worker.fake_hatz import FakeStep
-from worker.ledger import RunState
-from worker.local_stack import wait_until
-from worker.sweeper import sweep
+from worker.local.stack import wait_until
+from worker.runs.sweeper import sweep
+from worker.store.ledger import RunState
+from worker.taskqueue.app import publish
+from worker.webhooks import events
+from worker.webhooks.delivery import failed_callbacks
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,8 @@ from celery import Celery
 
 from config import Settings
 from tests.conftest import API_KEY, make_settings
-from worker import breaker
-from worker.api import get_run
-from worker.celery_app import create_app
-from worker.cli import main, safe_url
+from worker.api.runs import get_run
+from worker.cli.main import main, safe_url
 from worker.context import Context
 from worker.fake_hatz import (
     CODING_APP_ID,
@@ -25,7 +23,9 @@ from worker.fake_hatz import (
     FakeHatz,
     seed_default_apps,
 )
-from worker.ledger import RunState
+from worker.limits import breaker
+from worker.store.ledger import RunState
+from worker.taskqueue.app import create_app
 
 SECRET_QUERY = "X-Amz-Signature=deadbeefSECRET"
 DOC_URL = f"https://bucket.s3.amazonaws.com/jobs/j1/summary.pdf?{SECRET_QUERY}&X-Amz-Expires=3600"
@@ -417,7 +417,7 @@ def test_fake_hatz_passes_its_arguments_through(capsys: pytest.CaptureFixture[st
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_demo_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     code = run_demo()
     out, err = capsys.readouterr()

@@ -14,7 +14,7 @@ import yaml
 from celery import Celery
 
 from config.settings import ENV_PREFIX, Settings
-from worker.cli import UsageError, build_parser
+from worker.cli.main import UsageError, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"redis", "worker", "beat", "flower"}

@@ -10,10 +10,11 @@ import pytest
 from tests.test_pipeline_unit import Harness, StubClient, harness, job, submitted
 from worker import task_names
 from worker.context import Context
-from worker.dispatcher import dispatch_due, tick_interval
-from worker.ledger import RunState
-from worker.pipeline import Next, cancel, poll_hint, poll_step
-from worker.sweeper import sweep
+from worker.runs.dispatcher import dispatch_due, tick_interval
+from worker.runs.pipeline import cancel, poll_hint, poll_step
+from worker.runs.sweeper import sweep
+from worker.store.ledger import RunState
+from worker.store.outbox import Next
 
 __all__ = ["harness"]  # the fixture, shared with the pipeline tests
 

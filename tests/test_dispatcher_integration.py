@@ -11,8 +11,8 @@ import pytest
 
 from tests.stack import Stack, assert_spaced, running_stack
 from worker import task_names
-from worker.ledger import RunState
-from worker.local_stack import wait_until
+from worker.local.stack import wait_until
+from worker.store.ledger import RunState
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ import pytest
 
 from config import Settings
 from tests.conftest import API_KEY, make_settings
-from worker.cli import main
+from worker.cli.main import main
 from worker.context import redis_from_url
-from worker.doctor import Check, Level, check_timing, exit_code, run_doctor
 from worker.fake_hatz import FakeHatz
-from worker.local_stack import LocalRedis, free_port
+from worker.local.stack import LocalRedis, free_port
+from worker.ops.doctor import Check, Level, check_timing, exit_code, run_doctor
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ from worker.fake_hatz import (
 )
 from worker.fake_hatz.body import PayloadTooLarge
 from worker.fake_hatz.multipart import MultipartError, parse_multipart
-from worker.local_stack import wait_until
+from worker.local.stack import wait_until
 
 API_KEY = "test-key"
 T0 = 1_736_935_200.0  # 2025-01-15T10:00:00Z, the instant of the documentation's example
@@ -1170,7 +1170,7 @@ def test_app_from_json_matches_the_python_definition() -> None:
     assert app.steps[0].id == FakeApp(id="a").steps[0].id  # ids derive from the app id
 
 
-# --- request parsing (the server's own header reading, worker.http_headers) --------------
+# --- request parsing (the server's own header reading, worker.hatz.headers) --------------
 
 
 def address(fake: FakeHatz) -> tuple[str, int]:

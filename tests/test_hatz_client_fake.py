@@ -32,8 +32,8 @@ from worker.fake_hatz import (
     ManualClock,
     seed_default_apps,
 )
-from worker.hatz_client import HatzClient
-from worker.local_stack import free_port
+from worker.hatz.client import HatzClient
+from worker.local.stack import free_port
 
 KEY = "hatz-test-key-7f3a9c"
 

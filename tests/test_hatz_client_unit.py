@@ -26,8 +26,8 @@ from worker.errors import (
     HatzTransportError,
     HatzValidationError,
 )
-from worker.hatz_client import HatzClient
-from worker.http_pool import (
+from worker.hatz.client import HatzClient
+from worker.hatz.transport import (
     Body,
     ConnectFailed,
     ConnectionLost,

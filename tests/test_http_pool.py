@@ -1,4 +1,4 @@
-"""The Hatz client's transport (worker.http_pool) against real servers on 127.0.0.1:
+"""The Hatz client's transport (worker.hatz.transport) against real servers on 127.0.0.1:
 keep-alive reuse, dropped and closed connections, each failure's class, streamed
 bodies, a forward proxy, HTTPS with a certificate made here, threads, fork."""
 
@@ -22,8 +22,8 @@ import pytest
 
 from tests.loopback import WAIT, Conn, ForwardProxy, echo, serving
 from worker.fake_hatz import CODING_APP_ID, FakeHatz, seed_default_apps
-from worker.hatz_client import HatzClient
-from worker.http_pool import (
+from worker.hatz.client import HatzClient
+from worker.hatz.transport import (
     ConnectFailed,
     ConnectionLost,
     ConnectTimedOut,
@@ -328,7 +328,7 @@ def test_redirects_and_errors_are_returned_as_they_are(pool: HttpPool) -> None:
         assert [r.target for r in server.requests] == ["/moved", "/busy"]
 
 
-# The answer's framing, read by worker.http_pool's own header parsing (worker.http_headers):
+# The answer's framing, read by worker.hatz.transport's own header parsing (worker.hatz.headers):
 # each scripted answer must come out as plain http.client reads it.
 ANSWERS = {
     "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",

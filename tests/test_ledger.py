@@ -6,8 +6,8 @@ import fakeredis
 import pytest
 
 from worker.errors import IdempotencyConflictError, RunNotFoundError
-from worker.keys import Keys
-from worker.ledger import (
+from worker.store.keys import Keys
+from worker.store.ledger import (
     ACTIVE_STATES,
     POLLING_STATES,
     PRE_SUBMIT_STATES,

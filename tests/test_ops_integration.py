@@ -19,14 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
 from tests.conftest import API_KEY, make_settings
-from worker.api import enqueue_run, wait_for_run
-from worker.celery_app import create_app
-from worker.cli import main
+from worker.api.runs import enqueue_run, wait_for_run
+from worker.cli.main import main
 from worker.context import Context
 from worker.fake_hatz import FakeApp, FakeHatz, FakeInput, FakeStep
-from worker.ledger import Run, RunState
-from worker.local_stack import CallbackReceiver, CeleryProcess, LocalRedis, free_port, wait_until
-from worker.metrics import start_metrics_server
+from worker.local.stack import CallbackReceiver, CeleryProcess, LocalRedis, free_port, wait_until
+from worker.ops.metrics import start_metrics_server
+from worker.store.ledger import Run, RunState
+from worker.taskqueue.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -236,7 +236,7 @@ def test_json_logs_carry_run_identifiers_and_no_secret(ops: Ops) -> None:
     task_lines = [e for e in lines if e.get("task") in ("hatz.submit", "hatz.poll")]
     assert task_lines
     assert all(e.get("run_id") for e in task_lines)
-    pipeline = [e for e in lines if e["logger"] == "worker.pipeline"]
+    pipeline = [e for e in lines if e["logger"] == "worker.runs.pipeline"]
     assert pipeline
     assert all(e.get("run_id") and e.get("app_id") for e in pipeline)
     submitted = [e for e in pipeline if "submitted as job" in e["message"]]

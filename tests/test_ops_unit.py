@@ -13,13 +13,13 @@ import pytest
 
 from config import ConfigError, load_settings
 from tests.conftest import make_settings
-from worker import health, log_context
-from worker.celery_app import celery_config
 from worker.context import sentinel_addresses
-from worker.keys import Keys
-from worker.ledger import Ledger
-from worker.logs import Redactor, configure_logging
-from worker.metrics import HatzCollector, Metrics, endpoint_name
+from worker.ops import health, log_context
+from worker.ops.logs import Redactor, configure_logging
+from worker.ops.metrics import HatzCollector, Metrics, endpoint_name
+from worker.store.keys import Keys
+from worker.store.ledger import Ledger
+from worker.taskqueue.app import celery_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 API_KEY = "test-key-0123456789"

@@ -17,13 +17,13 @@ from celery._state import _task_stack
 from tests.conftest import make_settings
 from tests.test_pipeline_unit import StubClient, job
 from worker import task_names
-from worker.celery_app import create_app, publish
 from worker.context import Context
-from worker.dispatcher import publish_batched
-from worker.ledger import PRE_SUBMIT_STATES
-from worker.local_stack import LocalRedis
-from worker.outbox import Outbox, send_step
-from worker.pipeline import Next, poll_step, submit_step
+from worker.local.stack import LocalRedis
+from worker.runs.dispatcher import publish_batched
+from worker.runs.pipeline import poll_step, submit_step
+from worker.store.ledger import PRE_SUBMIT_STATES
+from worker.store.outbox import Next, Outbox, send_step
+from worker.taskqueue.app import create_app, publish
 
 
 @pytest.fixture(scope="module")

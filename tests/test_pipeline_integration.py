@@ -17,11 +17,11 @@ from celery import Celery
 
 from tests.stack import Stack, assert_spaced, running_stack
 from worker import task_names
-from worker.celery_app import publish
 from worker.fake_hatz import FakeInput, FakeStep, FaultConfig
-from worker.ledger import RunState
-from worker.local_stack import wait_until
-from worker.pipeline import Next
+from worker.local.stack import wait_until
+from worker.store.ledger import RunState
+from worker.store.outbox import Next
+from worker.taskqueue.app import publish
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from tests.conftest import make_settings
-from worker import breaker, task_names
+from worker import task_names
 from worker.context import Context
 from worker.errors import (
     HatzConnectError,
@@ -20,11 +20,10 @@ from worker.errors import (
     HatzTransportError,
     HatzValidationError,
 )
-from worker.hatz_types import App, Job, PresignedURL, SubmittedJob, UploadedFile, UserInput
-from worker.ledger import RunState
-from worker.pipeline import (
+from worker.hatz.types import App, Job, PresignedURL, SubmittedJob, UploadedFile, UserInput
+from worker.limits import breaker
+from worker.runs.pipeline import (
     HINT_FIELDS,
-    Next,
     cancel,
     fetch_app,
     poll_hint,
@@ -34,7 +33,9 @@ from worker.pipeline import (
     submit_step,
     validate_inputs,
 )
-from worker.sweeper import sweep
+from worker.runs.sweeper import sweep
+from worker.store.ledger import RunState
+from worker.store.outbox import Next
 
 OVERAGE = "Workflows have been rate limited for your organization due to a credit overage."
 
@@ -608,8 +609,8 @@ def test_a_duplicate_hinted_poll_changes_nothing_and_a_very_late_one_claims_firs
 
 
 def test_a_hint_built_from_any_polling_record_is_one_a_poll_accepts() -> None:
-    from worker.ledger import Run
-    from worker.pipeline import _from_hint
+    from worker.runs.pipeline import _from_hint
+    from worker.store.ledger import Run
 
     record = Run.from_hash(
         {

@@ -13,12 +13,13 @@ from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 
 from tests.conftest import make_settings
-from worker import kombu_fixes, task_names
-from worker.celery_app import TASK_TIME_LIMIT, celery_config, startup_problems
+from worker import task_names
 from worker.context import Context
-from worker.ledger import RunState
-from worker.local_stack import LocalRedis
-from worker.sweeper import sweep
+from worker.local.stack import LocalRedis
+from worker.runs.sweeper import sweep
+from worker.store.ledger import RunState
+from worker.taskqueue import kombu_fixes
+from worker.taskqueue.app import TASK_TIME_LIMIT, celery_config, startup_problems
 
 
 def test_worker_refuses_a_visibility_timeout_shorter_than_countdown_plus_time_limit() -> None:

@@ -13,12 +13,12 @@ import pytest
 import redis as redis_errors
 
 from tests.conftest import API_KEY, make_settings
-from worker.api import enqueue_run, wait_for_run
-from worker.celery_app import create_app
+from worker.api.runs import enqueue_run, wait_for_run
 from worker.context import Context, redis_from_url
 from worker.fake_hatz import FakeApp, FakeHatz, FakeStep
-from worker.ledger import RunState
-from worker.local_stack import CeleryProcess, LocalRedis, free_port, wait_until
+from worker.local.stack import CeleryProcess, LocalRedis, free_port, wait_until
+from worker.store.ledger import RunState
+from worker.taskqueue.app import create_app
 
 pytestmark = pytest.mark.integration
 MASTER = "hatzmaster"

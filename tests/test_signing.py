@@ -11,7 +11,7 @@ import pytest
 import standardwebhooks
 
 from worker import WebhookVerificationError, verify
-from worker.signing import headers
+from worker.webhooks.signing import headers
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"

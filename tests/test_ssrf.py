@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from tests.conftest import make_settings
-from worker.api import enqueue_run
+from worker.api.runs import enqueue_run
 from worker.context import Context
 from worker.errors import InvalidRunError, UnsafeCallbackURLError
-from worker.ssrf import check_callback_url, resolve_callback_url
+from worker.webhooks.ssrf import check_callback_url, resolve_callback_url
 
 GUARDED = make_settings(callback_allow_private=False)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.ssrf import Target
-from worker.webhook_transport import DeliveryError, post
+from worker.webhooks.ssrf import Target
+from worker.webhooks.transport import DeliveryError, post
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None,

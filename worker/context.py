@@ -19,12 +19,12 @@ from redis import Redis
 from redis.sentinel import Sentinel
 
 from config import Settings, load_settings
-from worker.api_budget import ApiBudget
-from worker.hatz_client import HatzClient
-from worker.hatz_types import App
-from worker.keys import Keys
-from worker.ledger import Ledger
-from worker.metrics import Metrics
+from worker.hatz.client import HatzClient
+from worker.hatz.types import App
+from worker.limits.budget import ApiBudget
+from worker.ops.metrics import Metrics
+from worker.store.keys import Keys
+from worker.store.ledger import Ledger
 
 _CONNECTION_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
@@ -76,7 +76,7 @@ def redis_from_settings(settings: Settings) -> Redis:
 
 
 class Encoder(Protocol):
-    """Builds the broker messages of follow-up steps (see :mod:`worker.outbox`)."""
+    """Builds the broker messages of follow-up steps (see :mod:`worker.store.outbox`)."""
 
     def encode(self, steps: Sequence[Any]) -> list[tuple[str, str]] | None:
         """``(queue key, payload)`` per step, or None when it cannot."""
@@ -93,10 +93,10 @@ class Context:
     clock: Callable[[], float] = field(default=time.time)
     _metrics: Metrics | None = field(default=None, repr=False)
     #: Workflow definitions this process read, with when their Redis cache entry
-    #: expires (see :func:`worker.pipeline.fetch_app`).
+    #: expires (see :func:`worker.runs.pipeline.fetch_app`).
     apps: dict[str, tuple[float, App]] = field(default_factory=dict, repr=False)
     #: Set in worker pool processes: follow-up tasks are pushed by the ledger's
-    #: compare-and-set itself (:mod:`worker.outbox`); None publishes them afterwards.
+    #: compare-and-set itself (:mod:`worker.store.outbox`); None publishes them afterwards.
     outbox: Encoder | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,10 +107,10 @@ class Context:
 
     @property
     def metrics(self) -> Metrics:
-        """The shared Prometheus counters (see :mod:`worker.metrics`).
+        """The shared Prometheus counters (see :mod:`worker.ops.metrics`).
 
         Buffered: the counts ride on the next ledger compare-and-set, and
-        :func:`worker.task_guard.run_step` flushes what is left after each task.
+        :func:`worker.runs.task_guard.run_step` flushes what is left after each task.
         """
         assert self._metrics is not None  # set in __post_init__
         return self._metrics

@@ -1,6 +1,6 @@
 """Every exception hatz-worker raises, under one root: :class:`HatzError`.
 
-The Hatz client (:mod:`worker.hatz_client`) is the only module that maps HTTP
+The Hatz client (:mod:`worker.hatz.client`) is the only module that maps HTTP
 status codes onto these classes; everything else catches the classes.
 """
 

@@ -1,0 +1,1 @@
+"""The Python API for applications: enqueue, follow and cancel runs and batches."""

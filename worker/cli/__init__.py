@@ -1,0 +1,1 @@
+"""The ``hatz-worker`` command line."""

@@ -1,0 +1,1 @@
+"""Private processes on loopback (redis-server, Celery workers) for the demo, tests, benchmarks."""

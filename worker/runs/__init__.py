@@ -1,0 +1,1 @@
+"""A run's steps as plain functions: submit, poll, finish, cancel; the sweeper, the dispatcher."""

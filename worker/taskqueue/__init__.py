@@ -1,0 +1,1 @@
+"""The Celery app, its configuration from settings, and Celery/kombu plumbing."""

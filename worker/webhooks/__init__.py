@@ -1,0 +1,1 @@
+"""Callbacks: events, Standard Webhooks signing, the SSRF guard, the guarded transport, delivery."""

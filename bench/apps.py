@@ -2,7 +2,7 @@
 
 ``bench.noop`` is the ceiling: a task that only counts itself (one ``INCR`` so
 the harness can see it finish), run by the same Redis, the same
-:func:`worker.taskqueue.app.celery_config` and the same worker flags as the
+:func:`worker.taskqueue.config.celery_config` and the same worker flags as the
 pipeline. ``bench.naive_run`` is the obvious alternative to self-rescheduling
 polls: submit, then ``time.sleep(interval)`` and poll in a loop, holding a
 worker process for the whole run.
@@ -24,7 +24,7 @@ from kombu.entity import Queue
 
 from config import ConfigError, Settings, load_settings
 from worker.hatz.client import HatzClient
-from worker.taskqueue.app import celery_config
+from worker.taskqueue.config import celery_config
 
 NOOP = "bench.noop"
 NAIVE = "bench.naive_run"

@@ -19,7 +19,7 @@ from worker.ops.logs import Redactor, configure_logging
 from worker.ops.metrics import HatzCollector, Metrics, endpoint_name
 from worker.store.keys import Keys
 from worker.store.ledger import Ledger
-from worker.taskqueue.app import celery_config
+from worker.taskqueue.config import celery_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 API_KEY = "test-key-0123456789"

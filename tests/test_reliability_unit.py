@@ -19,7 +19,7 @@ from worker.local.stack import LocalRedis
 from worker.runs.sweeper import sweep
 from worker.store.ledger import RunState
 from worker.taskqueue import kombu_fixes
-from worker.taskqueue.app import TASK_TIME_LIMIT, celery_config, startup_problems
+from worker.taskqueue.config import TASK_TIME_LIMIT, celery_config, startup_problems
 
 
 def test_worker_refuses_a_visibility_timeout_shorter_than_countdown_plus_time_limit() -> None:

@@ -22,6 +22,6 @@ RUN pip install --no-deps ".[flower]"
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app hatz
 USER hatz
 
-# Celery's warm shutdown on SIGTERM (see README "Stopping and upgrading").
+# Celery's warm shutdown on SIGTERM (see docs/operating.md "Stopping and upgrading").
 STOPSIGNAL SIGTERM
 CMD ["celery", "-A", "worker", "worker", "--loglevel", "INFO"]

@@ -44,7 +44,7 @@ def _parse_str_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """hatz-worker settings; see README "Settings" for each variable."""
+    """hatz-worker settings; see docs/settings.md for each variable."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -14,7 +14,8 @@ from celery import Celery
 from config import Settings
 from tests.conftest import API_KEY, make_settings
 from worker.api.runs import get_run
-from worker.cli.main import main, safe_url
+from worker.cli.main import main
+from worker.cli.output import safe_url
 from worker.context import Context
 from worker.fake_hatz import (
     CODING_APP_ID,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,8 @@ from celery import Celery
 from config import Settings
 from tests.conftest import API_KEY, make_settings
 from worker.api.runs import get_run
-from worker.cli.main import main, safe_url
+from worker.cli.main import main, parse_command_line
+from worker.cli.output import ProgressDrawer, safe_url
 from worker.context import Context
 from worker.fake_hatz import (
     CODING_APP_ID,
@@ -405,10 +407,83 @@ def test_help_and_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "hatz-worker: error:" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bogus"],
+        ["batch"],
+        ["callbacks"],
+        ["schedules", "nope"],
+        ["health"],
+        ["health", "--worker", "--beat"],
+        ["runs", "--limit", "0"],
+        ["batch", "run", "rows.csv", "--app", "a", "--on-bad-rows", "maybe"],
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2_before_reading_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # Given settings that cannot load, so a command that ran would fail differently
+    monkeypatch.setenv("HATZ_POLL_INTERVAL", "-1")
+
+    code = main(argv)
+
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("hatz-worker: error: ")
+    assert "--help`" in err
+
+
+def test_parse_command_line_resolves_a_nested_command_without_running_it() -> None:
+    ctx = parse_command_line(["batch", "status", "b1", "--json"])
+
+    assert ctx.command_path == "hatz-worker batch status"
+    assert ctx.params["batch_id"] == "b1"
+    assert ctx.params["as_json"] is True
+
+
 def test_fake_hatz_passes_its_arguments_through(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fake-hatz", "--help"]) == 0
     out, _ = capsys.readouterr()
     assert "--api-key" in out
+
+
+# --- the progress drawer --------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    """A captured stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_in_place_on_a_terminal_with_said_lines_above() -> None:
+    stream = _Terminal()
+    drawer = ProgressDrawer(stream)
+
+    drawer.show(["step 1"])
+    drawer.say("callback")
+    drawer.show(["step 2"])
+    drawer.finish(keep=False)
+
+    up_and_clear = "\x1b[1F\x1b[J"
+    assert stream.getvalue() == (
+        f"step 1\n{up_and_clear}callback\nstep 1\n{up_and_clear}step 2\n{up_and_clear}"
+    )
+
+
+def test_progress_prints_plain_lines_only_on_change_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    drawer = ProgressDrawer(stream)
+
+    for line in ("QUEUED", "QUEUED", "RUNNING", "RUNNING"):
+        drawer.show([line])
+    drawer.finish()
+
+    assert stream.getvalue() == "QUEUED\nRUNNING\n"
 
 
 # --- the demo -------------------------------------------------------------------------

@@ -9,12 +9,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from celery import Celery
 
 from config.settings import ENV_PREFIX, Settings
-from worker.cli.main import UsageError, build_parser
+from worker.cli.main import parse_command_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"redis", "worker", "beat", "flower"}
@@ -56,8 +57,8 @@ def assert_entry_point(argv: list[str]) -> None:
         assert isinstance(worker.app, Celery)
     elif argv[0] == "hatz-worker":
         try:
-            build_parser().parse_args(argv[1:])
-        except UsageError as exc:  # pragma: no cover - the assertion message
+            parse_command_line(argv[1:])
+        except click.UsageError as exc:  # pragma: no cover - the assertion message
             pytest.fail(f"{argv}: {exc}")
     else:
         pytest.fail(f"unknown entry point {argv}")

@@ -1,41 +1,33 @@
-"""``hatz-worker`` commands for batches, schedules and the credit-overage breaker.
-
-Registered through :data:`worker.cli.main.EXTRA_COMMAND_MODULES`.
-"""
+"""``hatz-worker batch``, ``schedules`` and ``breaker``: batches of runs, the batches beat
+starts on a schedule, and the org-wide credit-overage breaker that paces them."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Literal
+
+import click
 
 from worker.batches.core import BatchStatus, batch_status, create_batch, list_batches, write_results
 from worker.batches.schedules import fire, load_schedules, schedule_state
-from worker.cli.main import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    EXIT_WAIT_TIMEOUT,
-    PROG,
-    Runtime,
-    Subparsers,
-    UsageError,
-    _duration,
-    _err,
-    _positive_float,
-    _positive_int,
-    _print_json,
-    _table,
-    command_group,
+from worker.cli.output import ProgressDrawer, duration, print_error, print_json, table
+from worker.cli.params import (
+    CommandGroup,
+    json_option,
     parse_pairs,
+    positive_float,
+    positive_int,
 )
+from worker.cli.runtime import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WAIT_TIMEOUT, PROG, Runtime
 from worker.errors import InvalidBatchError, ScheduleError
 from worker.limits import breaker
 from worker.taskqueue.app import publish
 
 _BAR_WIDTH = 30
+#: How often a followed batch is read again, s.
+FOLLOW_INTERVAL = 0.5
 
 
 def progress_line(status: BatchStatus, now: float | None = None) -> str:
@@ -45,7 +37,7 @@ def progress_line(status: BatchStatus, now: float | None = None) -> str:
     done = status.done()
     filled = int(_BAR_WIDTH * done / total)
     eta = status.eta(now)
-    eta_text = "done" if status.finished else ("?" if eta is None else _duration(eta))
+    eta_text = "done" if status.finished else ("?" if eta is None else duration(eta))
     return (
         f"[{'#' * filled}{'-' * (_BAR_WIDTH - filled)}] {done}/{c['total']}  "
         f"queued {c['queued']}  running {c['running']}  completed {c['completed']}  "
@@ -76,161 +68,180 @@ def status_text(status: BatchStatus) -> list[str]:
     return lines
 
 
-def _follow(rt: Runtime, batch_id: str, timeout: float | None, stream: TextIO) -> BatchStatus:
-    """Redraw the progress line until the batch finished (TimeoutError at ``timeout``)."""
-    tty = stream.isatty()
+def follow(rt: Runtime, batch_id: str, timeout: float | None) -> BatchStatus:
+    """Redraw the progress bar on stderr until the batch finished (TimeoutError at ``timeout``)."""
+    drawer = ProgressDrawer(sys.stderr)
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = ""
-    while True:
-        status = batch_status(rt.context, batch_id)
-        line = progress_line(status)
-        if tty:
-            stream.write("\r\x1b[2K" + line)
-            stream.flush()
-        elif line != last:
-            stream.write(line + "\n")
-            stream.flush()
-        last = line
-        if status.finished:
-            if tty:
-                stream.write("\n")
-            return status
-        if deadline is not None and time.monotonic() >= deadline:
-            if tty:
-                stream.write("\n")
-            raise TimeoutError(batch_id)
-        time.sleep(0.5)
+    try:
+        while True:
+            status = batch_status(rt.context, batch_id)
+            drawer.show([progress_line(status)])
+            if status.finished:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(batch_id)
+            time.sleep(FOLLOW_INTERVAL)
+    finally:
+        drawer.finish()
 
 
 def _bad(problems: list[str]) -> int:
     for problem in problems:
-        _err(problem)
+        print_error(problem)
     return EXIT_USAGE
 
 
 # --- batch ------------------------------------------------------------------------------
 
 
-@command_group
-def _add_batch_commands(sub: Subparsers) -> None:
-    batch = sub.add_parser("batch", help="run one workflow over many inputs (CSV, JSONL, folder)")
-    bsub = batch.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
-
-    p = bsub.add_parser(
-        "run",
-        help="validate every row, then start the batch",
-        description=(
-            "Start a batch of runs of APP_ID, one per row of SOURCE (.csv, .jsonl or a folder). "
-            "Every row is validated first; prints the batch_id."
-        ),
-    )
-    p.add_argument("source", metavar="SOURCE", nargs="?", help="CSV/JSONL file or folder")
-    p.add_argument("--app", required=True, metavar="APP_ID")
-    p.add_argument("-i", "--input", action="append", metavar="K=V", help="fixed input, every row")
-    p.add_argument("--file-input", metavar="VAR", help="the column/input that holds a local file")
-    p.add_argument("--callback-url", metavar="URL", help="one signed batch.completed event")
-    p.add_argument("--run-callback-url", metavar="URL", help="every run's own callback")
-    p.add_argument("--max-in-flight", type=_positive_int, metavar="N", help="runs at once")
-    p.add_argument("--batch-key", metavar="K", help="resume: rows completed under K are reused")
-    p.add_argument("--on-bad-rows", choices=["skip", "abort"], default="abort")
-    p.add_argument("--wait", action="store_true", help="follow the batch until it finishes")
-    p.add_argument("--timeout", type=_positive_float, metavar="S", help="with --wait: give up")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_batch_run)
-
-    p = bsub.add_parser("status", help="a batch's progress", description="Show a batch.")
-    p.add_argument("batch_id", metavar="BATCH_ID")
-    p.add_argument("--follow", action="store_true", help="live progress bar until it finishes")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_batch_status)
-
-    p = bsub.add_parser(
-        "results",
-        help="write one line per row",
-        description="Write each row's status, outputs and document URLs to a .csv or .jsonl.",
-    )
-    p.add_argument("batch_id", metavar="BATCH_ID")
-    p.add_argument("--out", required=True, metavar="FILE", help="results.csv or results.jsonl")
-    p.add_argument("--download", metavar="DIR", help="also fetch every document into DIR")
-    p.set_defaults(handler=cmd_batch_results)
-
-    p = bsub.add_parser("list", help="recent batches", description="List recent batches.")
-    p.add_argument("--limit", type=_positive_int, default=20, metavar="N")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_batch_list)
+@click.group(
+    "batch",
+    cls=CommandGroup,
+    short_help="run one workflow over many inputs (CSV, JSONL, folder)",
+    subcommand_metavar="ACTION [ARGS]...",
+)
+def batch_group() -> None:
+    """Run one workflow over many inputs (CSV, JSONL, folder)."""
 
 
-def cmd_batch_run(args: argparse.Namespace, rt: Runtime) -> int:
+@batch_group.command(
+    "run",
+    short_help="validate every row, then start the batch",
+    help=(
+        "Start a batch of runs of APP_ID, one per row of SOURCE (.csv, .jsonl or a folder). "
+        "Every row is validated first; prints the batch_id."
+    ),
+)
+@click.argument("source", metavar="[SOURCE]", required=False)
+@click.option("--app", required=True, metavar="APP_ID")
+@click.option(
+    "-i", "--input", "inputs", multiple=True, metavar="K=V", help="fixed input, every row"
+)
+@click.option("--file-input", metavar="VAR", help="the column/input that holds a local file")
+@click.option("--callback-url", metavar="URL", help="one signed batch.completed event")
+@click.option("--run-callback-url", metavar="URL", help="every run's own callback")
+@click.option("--max-in-flight", callback=positive_int, metavar="N", help="runs at once")
+@click.option("--batch-key", metavar="K", help="resume: rows completed under K are reused")
+@click.option(
+    "--on-bad-rows",
+    type=click.Choice(["skip", "abort"]),
+    default="abort",
+    help="skip invalid rows, or start nothing (default abort)",
+)
+@click.option("--wait", is_flag=True, help="follow the batch until it finishes")
+@click.option("--timeout", callback=positive_float, metavar="S", help="with --wait: give up")
+@json_option()
+@click.pass_obj
+def batch_run_command(
+    rt: Runtime,
+    source: str | None,
+    app: str,
+    inputs: tuple[str, ...],
+    file_input: str | None,
+    callback_url: str | None,
+    run_callback_url: str | None,
+    max_in_flight: int | None,
+    batch_key: str | None,
+    on_bad_rows: Literal["skip", "abort"],
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> int:
     """``batch run``: validate, create, publish; print the batch id (then follow it)."""
-    if args.timeout is not None and not args.wait:
-        raise UsageError("--timeout only applies with --wait")
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
     try:
         batch_id, steps = create_batch(
             rt.context,
-            args.app,
-            args.source,
-            inputs=parse_pairs(args.input, "--input"),
-            file_input=args.file_input,
-            callback_url=args.callback_url,
-            run_callback_url=args.run_callback_url,
-            max_in_flight=args.max_in_flight,
-            batch_key=args.batch_key,
-            on_bad_rows=args.on_bad_rows,
+            app,
+            source,
+            inputs=parse_pairs(inputs, "--input"),
+            file_input=file_input,
+            callback_url=callback_url,
+            run_callback_url=run_callback_url,
+            max_in_flight=max_in_flight,
+            batch_key=batch_key,
+            on_bad_rows=on_bad_rows,
         )
     except InvalidBatchError as exc:
         return _bad([*exc.problems, "nothing was enqueued"])
     publish(steps, rt.celery)
+    return _report_started(rt, batch_id, wait=wait, timeout=timeout, as_json=as_json)
+
+
+def _report_started(
+    rt: Runtime, batch_id: str, *, wait: bool, timeout: float | None, as_json: bool
+) -> int:
+    """Print the new batch (skipped rows on stderr), or follow it with ``--wait``."""
     status = batch_status(rt.context, batch_id)
-    if status.record.get("skipped") and not args.json:
+    if status.record.get("skipped") and not as_json:
         for bad in status.record.get("bad_rows") or []:
-            _err(f"skipped row {bad['row']}: {'; '.join(bad['problems'])}")
-    if not args.wait:
-        if args.json:
-            _print_json({"batch_id": batch_id, "total": status.counts["total"]})
+            print_error(f"skipped row {bad['row']}: {'; '.join(bad['problems'])}")
+    if not wait:
+        if as_json:
+            print_json({"batch_id": batch_id, "total": status.counts["total"]})
         else:
             print(batch_id)
         return EXIT_OK
-    if not args.json:
+    if not as_json:
         print(batch_id, file=sys.stderr)
     try:
-        final = _follow(rt, batch_id, args.timeout, sys.stderr)
+        final = follow(rt, batch_id, timeout)
     except TimeoutError:
-        _err(f"batch {batch_id} still running after {args.timeout:g} s; it carries on")
+        print_error(f"batch {batch_id} still running after {timeout:g} s; it carries on")
         return EXIT_WAIT_TIMEOUT
-    if args.json:
-        _print_json(final.as_dict())
+    if as_json:
+        print_json(final.as_dict())
     else:
         print("\n".join(status_text(final)))
     return EXIT_OK if final.counts["failed"] == 0 else EXIT_FAILED
 
 
-def cmd_batch_status(args: argparse.Namespace, rt: Runtime) -> int:
+@batch_group.command("status", short_help="a batch's progress", help="Show a batch.")
+@click.argument("batch_id", metavar="BATCH_ID")
+@click.option("--follow", "follow_it", is_flag=True, help="live progress bar until it finishes")
+@json_option()
+@click.pass_obj
+def batch_status_command(rt: Runtime, batch_id: str, follow_it: bool, as_json: bool) -> int:
     """``batch status``: counts, ETA and a progress bar (live with ``--follow``)."""
-    status = batch_status(rt.context, args.batch_id)
-    if args.follow and not status.finished:
-        status = _follow(rt, args.batch_id, None, sys.stderr)
-    if args.json:
-        _print_json(status.as_dict())
+    status = batch_status(rt.context, batch_id)
+    if follow_it and not status.finished:
+        status = follow(rt, batch_id, None)
+    if as_json:
+        print_json(status.as_dict())
     else:
         print("\n".join(status_text(status)))
     return EXIT_OK
 
 
-def cmd_batch_results(args: argparse.Namespace, rt: Runtime) -> int:
+@batch_group.command(
+    "results",
+    short_help="write one line per row",
+    help="Write each row's status, outputs and document URLs to a .csv or .jsonl.",
+)
+@click.argument("batch_id", metavar="BATCH_ID")
+@click.option("--out", required=True, metavar="FILE", help="results.csv or results.jsonl")
+@click.option("--download", metavar="DIR", help="also fetch every document into DIR")
+@click.pass_obj
+def batch_results_command(rt: Runtime, batch_id: str, out: str, download: str | None) -> int:
     """``batch results``: one line per row to ``--out``."""
     try:
-        count = write_results(rt.context, args.batch_id, args.out, download=args.download)
+        count = write_results(rt.context, batch_id, out, download=download)
     except InvalidBatchError as exc:
         return _bad(exc.problems)
-    print(f"{count} row(s) written to {args.out}")
+    print(f"{count} row(s) written to {out}")
     return EXIT_OK
 
 
-def cmd_batch_list(args: argparse.Namespace, rt: Runtime) -> int:
+@batch_group.command("list", short_help="recent batches", help="List recent batches.")
+@click.option("--limit", default="20", callback=positive_int, metavar="N", help="(default 20)")
+@json_option()
+@click.pass_obj
+def batch_list_command(rt: Runtime, limit: int, as_json: bool) -> int:
     """``batch list``: recent batches."""
-    batches = list_batches(rt.context, limit=args.limit)
-    if args.json:
-        _print_json(batches)
+    batches = list_batches(rt.context, limit=limit)
+    if as_json:
+        print_json(batches)
         return EXIT_OK
     if not batches:
         print("no batches")
@@ -245,33 +256,32 @@ def cmd_batch_list(args: argparse.Namespace, rt: Runtime) -> int:
         ]
         for b in batches
     ]
-    print("\n".join(_table(["BATCH_ID", "STATE", "ROWS", "SCHEDULE", "CREATED (UTC)"], rows)))
+    print("\n".join(table(["BATCH_ID", "STATE", "ROWS", "SCHEDULE", "CREATED (UTC)"], rows)))
     return EXIT_OK
 
 
 # --- schedules ----------------------------------------------------------------------------
 
 
-@command_group
-def _add_schedule_commands(sub: Subparsers) -> None:
-    sched = sub.add_parser("schedules", help="batches started by celery beat")
-    ssub = sched.add_subparsers(dest="schedules_command", metavar="ACTION", required=True)
-    p = ssub.add_parser("list", help="declared schedules and their last firing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_schedules_list)
-    p = ssub.add_parser("validate", help="check HATZ_SCHEDULES_FILE / HATZ_SCHEDULES")
-    p.set_defaults(handler=cmd_schedules_validate)
-    p = ssub.add_parser("run-now", help="fire a schedule now (the overlap policy applies)")
-    p.add_argument("name", metavar="NAME")
-    p.set_defaults(handler=cmd_schedules_run_now)
+@click.group(
+    "schedules",
+    cls=CommandGroup,
+    short_help="batches started by celery beat",
+    subcommand_metavar="ACTION [ARGS]...",
+)
+def schedules_group() -> None:
+    """Batches started by celery beat."""
 
 
-def cmd_schedules_list(args: argparse.Namespace, rt: Runtime) -> int:
-    """``schedules list``."""
+@schedules_group.command("list", short_help="declared schedules and their last firing")
+@json_option()
+@click.pass_obj
+def schedules_list_command(rt: Runtime, as_json: bool) -> int:
+    """Declared schedules and their last firing."""
     schedules = load_schedules(rt.settings)
     states = {s.name: schedule_state(rt.context, s.name) for s in schedules}
-    if args.json:
-        _print_json([{**vars(s), "state": states[s.name]} for s in schedules])
+    if as_json:
+        print_json([{**vars(s), "state": states[s.name]} for s in schedules])
         return EXIT_OK
     if not schedules:
         print("no schedules (set HATZ_SCHEDULES_FILE or HATZ_SCHEDULES)")
@@ -289,12 +299,14 @@ def cmd_schedules_list(args: argparse.Namespace, rt: Runtime) -> int:
         for s in schedules
     ]
     headers = ["NAME", "ENABLED", "WHEN", "APP", "OVERLAP", "LAST", "LAST BATCH"]
-    print("\n".join(_table(headers, rows)))
+    print("\n".join(table(headers, rows)))
     return EXIT_OK
 
 
-def cmd_schedules_validate(args: argparse.Namespace, rt: Runtime) -> int:
-    """``schedules validate``: exit 0 when every declaration is valid."""
+@schedules_group.command("validate", short_help="check HATZ_SCHEDULES_FILE / HATZ_SCHEDULES")
+@click.pass_obj
+def schedules_validate_command(rt: Runtime) -> int:
+    """Check HATZ_SCHEDULES_FILE / HATZ_SCHEDULES: exit 0 when every declaration is valid."""
     try:
         schedules = load_schedules(rt.settings)
     except ScheduleError as exc:
@@ -303,15 +315,20 @@ def cmd_schedules_validate(args: argparse.Namespace, rt: Runtime) -> int:
     return EXIT_OK
 
 
-def cmd_schedules_run_now(args: argparse.Namespace, rt: Runtime) -> int:
-    """``schedules run-now NAME``: start its batch now; print the batch id."""
+@schedules_group.command("run-now", short_help="fire a schedule now (the overlap policy applies)")
+@click.argument("name", metavar="NAME")
+@click.pass_obj
+def schedules_run_now_command(rt: Runtime, name: str) -> int:
+    """Fire schedule NAME now (the overlap policy applies); print the batch id."""
     try:
-        result = fire(rt.context, args.name, reason="manual")
+        result = fire(rt.context, name, reason="manual")
     except ScheduleError as exc:
         return _bad([str(exc)])
     publish(result.steps, rt.celery)
     if result.outcome != "fired":
-        _err(f"schedule {args.name}: {result.outcome}{': ' + result.error if result.error else ''}")
+        print_error(
+            f"schedule {name}: {result.outcome}{': ' + result.error if result.error else ''}"
+        )
         return EXIT_FAILED
     print(result.batch_id)
     return EXIT_OK
@@ -320,34 +337,33 @@ def cmd_schedules_run_now(args: argparse.Namespace, rt: Runtime) -> int:
 # --- breaker ------------------------------------------------------------------------------
 
 
-@command_group
-def _add_breaker_commands(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "breaker",
-        help="the org-wide credit-overage breaker",
-        description="Show the credit-overage breaker; --reset closes it by hand.",
-    )
-    p.add_argument("--reset", action="store_true", help="close it (credits were added)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_breaker)
-
-
-def cmd_breaker(args: argparse.Namespace, rt: Runtime) -> int:
+@click.command(
+    "breaker",
+    short_help="the org-wide credit-overage breaker",
+    help="Show the credit-overage breaker; --reset closes it by hand.",
+)
+@click.option("--reset", is_flag=True, help="close it (credits were added)")
+@json_option()
+@click.pass_obj
+def breaker_command(rt: Runtime, reset: bool, as_json: bool) -> int:
     """``breaker``: state, backoff, last overage."""
-    if args.reset and breaker.reset(rt.context):
-        _err("breaker closed by hand")
+    if reset and breaker.reset(rt.context):
+        print_error("breaker closed by hand")
     state = breaker.breaker_state(rt.context)
-    if args.json:
-        _print_json(state)
+    if as_json:
+        print_json(state)
         return EXIT_OK
     if state["state"] != breaker.OPEN:
         print("credit-overage breaker: closed (submits flow)")
         return EXIT_OK
     print(
-        f"credit-overage breaker: OPEN, next probe in {_duration(state['retry_in'])} "
+        f"credit-overage breaker: OPEN, next probe in {duration(state['retry_in'])} "
         f"({int(state.get('failures') or 0)} overage(s) in a row); submits pause, polls go on"
     )
     if state.get("last_error"):
         print(f"last: {state['last_error']}")
     print(f"`{PROG} breaker --reset` closes it by hand")
     return EXIT_OK
+
+
+COMMANDS = (batch_group, schedules_group, breaker_command)

@@ -1,11 +1,12 @@
-"""``hatz-worker demo``: the whole system end to end on this machine, no setup needed.
+"""``hatz-worker demo`` and ``hatz-worker fake-hatz``: the whole system on this machine.
 
-It starts a private ``redis-server``, the fake Hatz API (in this process), a
-callback receiver that verifies Standard Webhooks signatures, and a real
-``celery worker`` subprocess; then enqueues a few runs the way an application
-would (:func:`worker.enqueue_run`), shows their progress and the callbacks as
-they arrive, downloads a document through its presigned URL, and checks that
-every run ended as expected. Everything it started is stopped on exit.
+The demo starts a private ``redis-server``, the fake Hatz API (in this
+process), a callback receiver that verifies Standard Webhooks signatures, and
+a real ``celery worker`` subprocess; then enqueues a few runs the way an
+application would (:func:`worker.enqueue_run`), shows their progress and the
+callbacks as they arrive, downloads a document through its presigned URL, and
+checks that every run ended as expected. Everything it started is stopped on
+exit. ``fake-hatz`` serves the fake Hatz API alone, for local development.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
-import requests
+import click
+import urllib3
 from celery import Celery
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
@@ -34,14 +34,16 @@ from redis import RedisError
 
 from config import Settings
 from worker.api.runs import enqueue_run
+from worker.cli.output import ProgressDrawer, clip, safe_url, table
+from worker.cli.runs import steps_text
+from worker.cli.runtime import EXIT_INTERRUPTED, EXIT_USAGE
 from worker.context import Context
 from worker.errors import HatzError
 from worker.hatz.types import App
-from worker.local.stack import CeleryProcess, LocalRedis
+from worker.local.stack import CallbackReceiver, CeleryProcess, LocalRedis
 from worker.store.ledger import Run, RunState
 from worker.taskqueue.app import create_app
 from worker.webhooks.delivery import EVENT_TYPES
-from worker.webhooks.signing import WebhookVerificationError, verify
 
 #: Give up waiting for the runs (and their callbacks) after this long, s.
 RUNS_DEADLINE = 60.0
@@ -107,18 +109,27 @@ def settings_as_env_values(settings: Settings) -> dict[str, str]:
     return values
 
 
-# --- callback receiver ------------------------------------------------------------------
+# --- callbacks as received -------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReceivedCallback:
-    """One POST the receiver got."""
+    """One delivery the receiver recorded, read as the event it carries."""
 
-    body: bytes
-    headers: dict[str, str]
     verified: bool
-    problem: str = ""
-    event: dict[str, Any] = field(default_factory=dict)
+    problem: str
+    event: dict[str, Any]
+
+    @classmethod
+    def of(cls, delivery: Mapping[str, object]) -> ReceivedCallback:
+        """The callback in one :class:`CallbackReceiver` record (made with a secret)."""
+        body = delivery.get("body")
+        try:
+            event = json.loads(body) if isinstance(body, bytes) else {}
+        except ValueError:
+            event = {}
+        event = event if isinstance(event, dict) else {}
+        return cls(bool(delivery.get("verified")), str(delivery.get("problem") or ""), event)
 
     @property
     def type(self) -> str:
@@ -138,116 +149,9 @@ class ReceivedCallback:
         return str(data.get("status", "")) if isinstance(data, dict) else ""
 
 
-class DemoReceiver:
-    """A tiny webhook receiver on 127.0.0.1 that records and verifies every POST."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret
-        self.received: list[ReceivedCallback] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                receiver.record(body, dict(self.headers.items()))
-                ok = receiver.received[-1].verified
-                self.send_response(204 if ok else 401)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="demo-receiver", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        """Where callbacks go."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hatz/callbacks"
-
-    def start(self) -> DemoReceiver:
-        """Serve in a background thread."""
-        self._thread.start()
-        return self
-
-    def record(self, body: bytes, headers: dict[str, str]) -> None:
-        """Verify and store one delivery."""
-        verified, problem = True, ""
-        try:
-            verify(self.secret, body, headers)
-        except WebhookVerificationError as exc:
-            verified, problem = False, str(exc)
-        try:
-            event = json.loads(body)
-        except ValueError:
-            event = {}
-        item = ReceivedCallback(body, headers, verified, problem, event)
-        with self._lock:
-            self.received.append(item)
-
-    def snapshot(self) -> list[ReceivedCallback]:
-        """Everything received so far."""
-        with self._lock:
-            return list(self.received)
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._thread.is_alive():
-            self.server.shutdown()
-            self._thread.join(timeout=5)
-        self.server.server_close()
-
-
-# --- display --------------------------------------------------------------------------
-
-
-class Screen:
-    """A live table on a TTY (redrawn in place); plain lines otherwise."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._drawn = 0
-        self._table: list[str] = []
-
-    def say(self, text: str = "") -> None:
-        """Print a line above the live table."""
-        self._erase()
-        encoding = getattr(self.stream, "encoding", None) or "utf-8"
-        text = text.encode(encoding, errors="replace").decode(encoding)
-        self.stream.write(text + "\n")
-        self._draw()
-
-    def table(self, lines: list[str]) -> None:
-        """Replace the live table (TTY only)."""
-        if not self.tty:
-            return
-        self._erase()
-        self._table = lines
-        self._draw()
-
-    def finish(self) -> None:
-        """Leave the table on screen and stop redrawing it."""
-        self._drawn = 0
-        self._table = []
-        self.stream.flush()
-
-    def _erase(self) -> None:
-        if self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
-            self._drawn = 0
-
-    def _draw(self) -> None:
-        if self.tty and self._table:
-            self.stream.write("\n".join(self._table) + "\n")
-            self._drawn = len(self._table)
-        self.stream.flush()
+def received(receiver: CallbackReceiver) -> list[ReceivedCallback]:
+    """Every callback ``receiver`` got so far, in order."""
+    return [ReceivedCallback.of(d) for d in receiver.snapshot()]
 
 
 # --- the runs ---------------------------------------------------------------------------
@@ -329,17 +233,10 @@ def _elapsed(run: Run) -> str:
     return f"{max(0.0, end - start):.1f}s"
 
 
-def _steps(run: Run | None) -> str:
-    if run is None:
-        return "-"
-    total = int(run.get("number_of_steps") or 0)
-    return f"{int(run.get('steps_done') or 0)}/{total if total else '?'}"
-
-
 def runs_table(runs: list[DemoRun]) -> list[str]:
     """The live table: one row per run."""
     header = ("RUN", "RUN_ID", "STATE", "STEPS", "POLLS", "ELAPSED", "CALLBACK")
-    rows = [header]
+    rows = []
     for r in runs:
         rec = r.record
         rows.append(
@@ -347,16 +244,24 @@ def runs_table(runs: list[DemoRun]) -> list[str]:
                 r.label,
                 r.run_id[:8],
                 r.state,
-                _steps(rec),
+                steps_text(rec) if rec else "-",
                 str(int(rec.get("poll_count") or 0)) if rec else "-",
                 _elapsed(rec) if rec else "-",
                 str(rec.get("callback_state") or "-") if rec else "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+    return table(header, rows)
+
+
+def download(url: str) -> bytes:
+    """GET ``url`` (a presigned document link) and return the body; raises on an error status."""
+    # No retries and no redirects: a presigned link answers directly or not at all.
+    timeout = urllib3.Timeout(connect=5, read=15)
+    with urllib3.PoolManager(timeout=timeout, retries=False) as http:
+        response = http.request("GET", url)
+    if response.status >= 400:
+        raise urllib3.exceptions.HTTPError(f"HTTP {response.status}")
+    return response.data
 
 
 def _callback_done(run: DemoRun) -> bool:
@@ -369,7 +274,8 @@ class Demo:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.screen = Screen(out)
+        # Not on a terminal, the demo prints its own line per change (see _refresh).
+        self.drawer = ProgressDrawer(out, plain=False)
         self.started = time.monotonic()
         self.cleanups: list[tuple[str, Callable[[], object]]] = []
         self.worker: CeleryProcess | None = None
@@ -377,11 +283,11 @@ class Demo:
 
     def say(self, text: str = "") -> None:
         """Print a line."""
-        self.screen.say(text)
+        self.drawer.say(text)
 
     # --- setup ------------------------------------------------------------------
 
-    def _start_stack(self, tmp: Path) -> tuple[Context, Celery, DemoReceiver]:
+    def _start_stack(self, tmp: Path) -> tuple[Context, Celery, CallbackReceiver]:
         from worker.fake_hatz import FakeHatz, seed_default_apps
 
         redis_server = LocalRedis().start()
@@ -396,7 +302,7 @@ class Demo:
         self.say(f"  fake Hatz API      {fake.url}")
 
         secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-        receiver = DemoReceiver(secret).start()
+        receiver = CallbackReceiver(secret=secret, path="/hatz/callbacks").start()
         self.cleanups.append(("callback receiver", receiver.stop))
         self.say(f"  callback receiver  {receiver.url}")
 
@@ -477,30 +383,30 @@ class Demo:
     def _refresh(self, ctx: Context, runs: list[DemoRun]) -> None:
         for r in runs:
             r.record = ctx.ledger.get(r.run_id)
-            if self.screen.tty or r.record is None:
+            if self.drawer.tty or r.record is None:
                 continue
-            seen = (r.state, _steps(r.record))
+            seen = (r.state, steps_text(r.record))
             if seen != r.last_seen:
                 r.last_seen = seen
                 self.say(
                     f"[{time.monotonic() - self.started:5.1f}s] {r.label:<14} {r.run_id[:8]}  "
-                    f"{r.state:<10} steps {_steps(r.record)}"
+                    f"{r.state:<10} steps {steps_text(r.record)}"
                 )
-        self.screen.table(runs_table(runs))
+        self.drawer.show(runs_table(runs))
 
-    def _follow(self, ctx: Context, runs: list[DemoRun], receiver: DemoReceiver) -> None:
+    def _follow(self, ctx: Context, runs: list[DemoRun], receiver: CallbackReceiver) -> None:
         shown = 0
         deadline = time.monotonic() + RUNS_DEADLINE
         callbacks_deadline: float | None = None
         while True:
             self._refresh(ctx, runs)
-            received = receiver.snapshot()
-            for cb in received[shown:]:
+            callbacks = received(receiver)
+            for cb in callbacks[shown:]:
                 mark = (
                     "signature verified ✓" if cb.verified else f"signature INVALID ✗ {cb.problem}"
                 )
                 self.say(f"callback: {cb.type:<24} run {cb.run_id[:8]}  {cb.status:<10} {mark}")
-            shown = len(received)
+            shown = len(callbacks)
             now = time.monotonic()
             if all(r.record is not None and r.record.state.is_terminal for r in runs):
                 if all(_callback_done(r) for r in runs):
@@ -513,8 +419,8 @@ class Demo:
                 self.say(f"gave up after {RUNS_DEADLINE:.0f}s: some runs are still running")
                 break
             time.sleep(REFRESH)
-        self.screen.finish()
-        if not self.screen.tty:
+        self.drawer.finish()
+        if not self.drawer.tty:
             self.say()
             for line in runs_table(runs):
                 self.say(line)
@@ -536,18 +442,18 @@ class Demo:
             self.say(f"  {r.label:<14} {r.state:<10} {mark}{note}")
         return ok
 
-    def _report_callbacks(self, runs: list[DemoRun], receiver: DemoReceiver) -> bool:
-        received = receiver.snapshot()
+    def _report_callbacks(self, runs: list[DemoRun], receiver: CallbackReceiver) -> bool:
+        callbacks = received(receiver)
         ok = True
         for r in runs:
             want = EVENT_TYPES[r.expected]
-            got = [c for c in received if c.run_id == r.run_id]
+            got = [c for c in callbacks if c.run_id == r.run_id]
             if not any(c.verified and c.type == want for c in got):
                 ok = False
                 self.say(f"  no verified {want} callback for {r.label} (got {len(got)})")
-        verified = sum(1 for c in received if c.verified)
+        verified = sum(1 for c in callbacks if c.verified)
         mark = "✓" if ok else "✗"
-        self.say(f"Callbacks: {len(received)} received, {verified} with a valid signature {mark}")
+        self.say(f"Callbacks: {len(callbacks)} received, {verified} with a valid signature {mark}")
         return ok
 
     def _download_document(self, run: DemoRun) -> bool:
@@ -557,18 +463,14 @@ class Demo:
             return False
         step_id, doc = sorted(docs.items())[0]
         url = str(doc.get("url") or "")
-        from worker.cli.main import safe_url
-
         try:
-            with requests.get(url, timeout=(5, 15)) as response:
-                response.raise_for_status()
-                content = response.content
-        except requests.RequestException as exc:
+            content = download(url)
+        except urllib3.exceptions.HTTPError as exc:
+            # The type only: an exception's text may hold the presigned query.
             self.say(f"Document: download of {safe_url(url)} failed: {type(exc).__name__} ✗")
             return False
         first = content.split(b"\n", 1)[0][:60].decode("utf-8", errors="replace").strip()
-        shown = safe_url(url)
-        shown = shown if len(shown) <= 70 else shown[:69] + "…"
+        shown = clip(safe_url(url), 70)
         self.say(f"Document of step {step_id[:8]}: {shown} (presigned URL, query hidden)")
         self.say(f"  downloaded {len(content)} bytes; first line: {first!r} ✓")
         return True
@@ -600,12 +502,12 @@ def run_demo(out: TextIO | None = None) -> int:
     try:
         return demo.run(tmp)
     except KeyboardInterrupt:
-        demo.screen.finish()
+        demo.drawer.finish()
         print("\ninterrupted; cleaning up", file=sys.stderr)
         demo.failed = False
-        return 130
+        return EXIT_INTERRUPTED
     except (RuntimeError, TimeoutError, LookupError, OSError, HatzError, RedisError) as exc:
-        demo.screen.finish()
+        demo.drawer.finish()
         demo.failed = True
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -615,3 +517,37 @@ def run_demo(out: TextIO | None = None) -> int:
     finally:
         demo.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+@click.command(
+    "demo",
+    short_help="run a self-contained end-to-end demo (no setup needed)",
+    help="Start Redis, the fake Hatz API and a worker; run a few workflows.",
+)
+def demo_command() -> int:
+    """``demo``: :func:`run_demo`."""
+    return run_demo()
+
+
+@click.command(
+    "fake-hatz",
+    short_help="serve the fake Hatz API (for local development)",
+    help="Serve the fake Hatz API; options are passed to the fake server.",
+    # Every option, --help included, belongs to the fake server's own parser.
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def fake_hatz_command(args: tuple[str, ...]) -> int:
+    """``fake-hatz``: delegate to the fake server's ``serve(argv)``."""
+    from worker.fake_hatz import serve
+
+    try:
+        return serve(list(args))
+    except SystemExit as exc:  # its own --help or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+COMMANDS = (fake_hatz_command, demo_command)

@@ -1,67 +1,27 @@
-"""``hatz-worker`` commands for operators: ``doctor``, ``health``, ``metrics-server``.
+"""``hatz-worker doctor``, ``health`` and ``metrics-server``: commands for operators.
 
-Registered through :data:`worker.cli.main.EXTRA_COMMAND_MODULES`. The logic lives in
-:mod:`worker.ops.doctor`, :mod:`worker.ops.health` and :mod:`worker.ops.metrics`.
+The logic lives in :mod:`worker.ops.doctor`, :mod:`worker.ops.health` and
+:mod:`worker.ops.metrics`; these commands print it and turn it into exit codes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import threading
 from types import FrameType
 
+import click
+
 from config import ConfigError
-from worker.cli.main import EXIT_FAILED, EXIT_OK, Runtime, Subparsers, command_group
+from worker.cli.params import json_option
+from worker.cli.runtime import EXIT_FAILED, EXIT_OK, Runtime
 from worker.context import redis_from_settings
 from worker.ops import health
 from worker.ops.doctor import Check, Level, check_settings, exit_code, run_doctor
 from worker.store.keys import Keys
 
 _MARK = {Level.OK: "ok  ", Level.WARN: "WARN", Level.FAIL: "FAIL"}
-
-
-@command_group
-def _add_ops_commands(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "doctor",
-        help="check settings, Redis, timing and Hatz API access",
-        description="Check the deployment; exit 1 if any check fails (warnings do not).",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_doctor)
-
-    p = sub.add_parser(
-        "health",
-        help="liveness probe of a worker or beat (exit 0 alive, 1 not)",
-        description=(
-            "Exit 0 if the process's heartbeat in Redis is fresh, else 1. "
-            "For compose healthchecks and Kubernetes exec probes."
-        ),
-    )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--worker", action="store_true", help="a worker on this host")
-    which.add_argument("--beat", action="store_true", help="the beat process")
-    p.add_argument(
-        "--name", metavar="NODE", help="worker node name (default celery@<this hostname>)"
-    )
-    p.add_argument(
-        "--max-age",
-        type=float,
-        metavar="S",
-        help="oldest acceptable heartbeat, s (default 3 x HATZ_HEARTBEAT_INTERVAL)",
-    )
-    p.set_defaults(handler=cmd_health)
-
-    p = sub.add_parser(
-        "metrics-server",
-        help="serve Prometheus metrics for the whole deployment",
-        description="Serve /metrics (read from Redis at scrape time) until stopped.",
-    )
-    p.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=9808, help="port (default 9808)")
-    p.set_defaults(handler=cmd_metrics_server)
 
 
 def report_lines(checks: list[Check]) -> list[str]:
@@ -74,14 +34,21 @@ def report_lines(checks: list[Check]) -> list[str]:
     return [*lines, "", verdict]
 
 
-def cmd_doctor(args: argparse.Namespace, rt: Runtime) -> int:
+@click.command(
+    "doctor",
+    short_help="check settings, Redis, timing and Hatz API access",
+    help="Check the deployment; exit 1 if any check fails (warnings do not).",
+)
+@json_option()
+@click.pass_obj
+def doctor_command(rt: Runtime, as_json: bool) -> int:
     """``doctor``: run every check, print the report."""
     try:
         checks = run_doctor(rt.settings)
     except ConfigError:
         _, failed = check_settings()
         checks = [failed]
-    if args.json:
+    if as_json:
         print(
             json.dumps([{"check": c.name, "level": c.level, "message": c.message} for c in checks])
         )
@@ -90,32 +57,64 @@ def cmd_doctor(args: argparse.Namespace, rt: Runtime) -> int:
     return exit_code(checks)
 
 
-def cmd_health(args: argparse.Namespace, rt: Runtime) -> int:
-    """``health``: 0 when the heartbeat is fresh."""
+@click.command(
+    "health",
+    short_help="liveness probe of a worker or beat (exit 0 alive, 1 not)",
+    help=(
+        "Exit 0 if the process's heartbeat in Redis is fresh, else 1. "
+        "For compose healthchecks and Kubernetes exec probes."
+    ),
+    options_metavar="(--worker | --beat) [OPTIONS]",
+)
+@click.option("--worker", is_flag=True, help="a worker on this host")
+@click.option("--beat", is_flag=True, help="the beat process")
+@click.option("--name", metavar="NODE", help="worker node name (default celery@<this hostname>)")
+@click.option(
+    "--max-age",
+    type=float,
+    metavar="S",
+    help="oldest acceptable heartbeat, s (default 3 x HATZ_HEARTBEAT_INTERVAL)",
+)
+@click.pass_obj
+def health_command(
+    rt: Runtime, worker: bool, beat: bool, name: str | None, max_age: float | None
+) -> int:
+    """``health --worker|--beat``: 0 when the heartbeat is fresh."""
+    if worker == beat:
+        raise click.UsageError(
+            "--beat is not allowed with --worker"
+            if beat
+            else "one of --worker or --beat is required",
+            click.get_current_context(),
+        )
     settings = rt.settings
-    name = health.BEAT if args.beat else health.worker_name(args.name or health.default_nodename())
-    max_age = args.max_age or settings.heartbeat_interval * health.MAX_AGE_INTERVALS
+    process = health.BEAT if beat else health.worker_name(name or health.default_nodename())
+    max_age = max_age or settings.heartbeat_interval * health.MAX_AGE_INTERVALS
     client = redis_from_settings(settings)
     try:
-        ok, message = health.probe(client, Keys(settings.key_prefix), name, max_age)
+        ok, message = health.probe(client, Keys(settings.key_prefix), process, max_age)
     finally:
         client.close()
     print(message)
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def cmd_metrics_server(args: argparse.Namespace, rt: Runtime) -> int:
+@click.command(
+    "metrics-server",
+    short_help="serve Prometheus metrics for the whole deployment",
+    help="Serve /metrics (read from Redis at scrape time) until stopped.",
+)
+@click.option("--host", default="0.0.0.0", metavar="HOST", help="bind address (default 0.0.0.0)")
+@click.option("--port", type=int, default=9808, metavar="PORT", help="port (default 9808)")
+@click.pass_obj
+def metrics_server_command(rt: Runtime, host: str, port: int) -> int:
     """``metrics-server``: serve until SIGTERM/SIGINT."""
     from worker.ops.metrics import start_metrics_server
 
     settings = rt.settings
     client = redis_from_settings(settings)
     server, _thread = start_metrics_server(
-        client,
-        Keys(settings.key_prefix),
-        host=args.host,
-        port=args.port,
-        sweep_grace=settings.sweep_grace,
+        client, Keys(settings.key_prefix), host=host, port=port, sweep_grace=settings.sweep_grace
     )
     stop = threading.Event()
 
@@ -123,7 +122,7 @@ def cmd_metrics_server(args: argparse.Namespace, rt: Runtime) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
-    print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    print(f"serving Prometheus metrics on http://{host}:{port}/metrics", flush=True)
     try:
         stop.wait()
     finally:
@@ -131,3 +130,6 @@ def cmd_metrics_server(args: argparse.Namespace, rt: Runtime) -> int:
         server.server_close()
         client.close()
     return EXIT_OK
+
+
+COMMANDS = (doctor_command, health_command, metrics_server_command)

@@ -309,10 +309,13 @@ class CallbackReceiver:
     """A loopback HTTP server that records every callback it receives.
 
     ``responses`` is a queue of status codes to answer with, in order (then
-    200); tests use it to make the receiver fail a few times first.
+    200); tests use it to make the receiver fail a few times first. With a
+    ``secret``, each delivery's Standard Webhooks signature is checked as a real
+    receiver would: the record says whether it ``verified`` (and the ``problem``
+    when not), and a bad signature is answered 401.
     """
 
-    def __init__(self, *, port: int = 0) -> None:
+    def __init__(self, *, port: int = 0, secret: str | None = None, path: str = "/hook") -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -320,6 +323,8 @@ class CallbackReceiver:
         self.responses: list[int] = []
         #: While True every request is answered 503 (a flapping receiver).
         self.failing = False
+        self.secret = secret
+        self.path = path
         self._lock = threading.Lock()
         receiver = self
 
@@ -329,19 +334,8 @@ class CallbackReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                with receiver._lock:
-                    status = receiver.responses.pop(0) if receiver.responses else 200
-                    if receiver.failing:
-                        status = 503
-                    receiver.deliveries.append(
-                        {
-                            "at": time.time(),
-                            "path": self.path,
-                            "headers": {k.lower(): v for k, v in self.headers.items()},
-                            "body": body,
-                            "status": status,
-                        }
-                    )
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status = receiver._record(self.path, headers, body)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -354,10 +348,36 @@ class CallbackReceiver:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        """Store one delivery; the status code to answer it with."""
+        delivery: dict[str, object] = {"path": path, "headers": headers, "body": body}
+        if self.secret is not None:
+            from worker.webhooks.signing import WebhookVerificationError, verify
+
+            try:
+                verify(self.secret, body, headers)
+                delivery.update(verified=True, problem="")
+            except WebhookVerificationError as exc:
+                delivery.update(verified=False, problem=str(exc))
+        with self._lock:
+            status = self.responses.pop(0) if self.responses else 200
+            if self.failing:
+                status = 503
+            if delivery.get("verified") is False:
+                status = 401
+            delivery.update(at=time.time(), status=status)
+            self.deliveries.append(delivery)
+        return status
+
     @property
     def url(self) -> str:
         """The receiver's URL."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        return f"http://127.0.0.1:{self._server.server_address[1]}{self.path}"
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Every delivery so far, in the order received (a copy)."""
+        with self._lock:
+            return list(self.deliveries)
 
     def successful(self) -> list[dict[str, object]]:
         """Deliveries answered with 2xx."""

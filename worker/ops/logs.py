@@ -8,6 +8,8 @@ Secrets are never logged on purpose; :class:`Redactor` is the safety net on
 every line: it masks the API key and webhook secrets configured, anything
 shaped like a ``whsec_`` secret or an ``X-API-Key`` header, and the query
 string of every URL (presigned URLs carry their signature there).
+:func:`safe_url` is the one way to show a single URL, in a log line or on a
+screen: scheme, host and path only.
 
 Celery configures logging itself unless a receiver is connected to its
 ``setup_logging`` signal; :func:`_setup_logging` is that receiver, so Celery's
@@ -24,6 +26,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from celery import signals
 
@@ -42,6 +45,20 @@ _GENERIC = [
 ]
 _MIN_SECRET_LEN = 6
 _HANDLER_NAME = "hatz-worker"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query string or fragment: fit for logs and screens.
+
+    Presigned URLs carry their signature in the query, and a callback URL may
+    carry a token there or in its user part; the port stays, as written.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class Redactor:

@@ -29,7 +29,7 @@ from worker.errors import HatzBudgetError, HatzNotFoundError, InvalidBatchError,
 from worker.hatz.types import App, SubmittedJob, UserInput
 from worker.limits import breaker
 from worker.limits.budget import ApiBudget
-from worker.runs.pipeline import submit_step
+from worker.runs.submit import submit_step
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
 
@@ -292,7 +292,7 @@ def test_a_finished_row_run_ticks_its_batch(
     finished = ctx.ledger.require(str(poll.args[0]))
 
     assert finished.state is RunState.SUBMITTED
-    from worker.runs.pipeline import finish
+    from worker.runs.finish import finish
 
     assert finish(ctx, finished.run_id, finished.token, RunState.COMPLETED) == [
         Next(task_names.BATCH_TICK, (batch_id,))

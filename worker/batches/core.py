@@ -14,7 +14,7 @@ there it is an ordinary run: polling, callbacks and the sweeper just work.
 
 :func:`tick` is the batch's one idempotent step: prune in-flight runs that are
 terminal (freeing their slots), release into the free slots, and finish the
-batch once nothing is pending or in flight. :func:`worker.runs.pipeline.finish`
+batch once nothing is pending or in flight. :func:`worker.runs.finish.finish`
 publishes a tick whenever a batch run ends; the periodic batch sweep ticks
 every active batch, which recovers a tick lost to a crash (a slot is never
 lost: the in-flight set is re-derived from the run records).
@@ -58,8 +58,10 @@ from worker.errors import (
     InvalidRunError,
 )
 from worker.hatz.types import App
-from worker.runs.pipeline import fetch_app, submit_hint, validate_inputs
+from worker.runs.apps import fetch_app
+from worker.runs.inputs import validate_inputs
 from worker.runs.request import check_request
+from worker.runs.submit import submit_hint
 from worker.store.ledger import Run, RunState, fingerprint
 from worker.store.outbox import Next
 from worker.webhooks import signing

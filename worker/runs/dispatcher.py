@@ -33,7 +33,7 @@ from typing import Any
 from config import Settings
 from worker import task_names
 from worker.context import Context, get_context
-from worker.runs.pipeline import HINT_SOURCES, poll_hint
+from worker.runs.poll_hints import HINT_SOURCES, poll_hint
 from worker.store.ledger import POLLING_STATES
 from worker.store.outbox import Next, Outbox, send_step
 from worker.taskqueue.timer_step import TimerStep

@@ -199,7 +199,7 @@ app = create_app()
 
 
 def publish(steps: list[Any], celery: Celery | None = None) -> None:
-    """Send each :class:`~worker.runs.pipeline.Next` by task name, routed by ``task_routes``."""
+    """Send each :class:`~worker.store.outbox.Next` by task name, routed by ``task_routes``."""
     target = celery or app
     for step in steps:
         send_step(target, step)

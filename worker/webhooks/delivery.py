@@ -34,7 +34,8 @@ from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.ops import log_context
 from worker.retry_after import parse_retry_after
-from worker.runs.pipeline import jittered, refresh_documents
+from worker.runs.documents import refresh_documents
+from worker.runs.timing import jittered
 from worker.store.ledger import Run, RunState
 from worker.store.outbox import Next
 from worker.webhooks import events, signing

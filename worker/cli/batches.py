@@ -11,8 +11,12 @@ import time
 from datetime import UTC, datetime
 from typing import TextIO
 
-from worker.batches.core import BatchStatus, batch_status, create_batch, list_batches, write_results
+from worker.batches.create import create_batch
+from worker.batches.records import list_batches
+from worker.batches.request import BatchRequest
+from worker.batches.results import write_results
 from worker.batches.schedules import fire, load_schedules, schedule_state
+from worker.batches.status import BatchStatus, batch_status
 from worker.cli.main import (
     EXIT_FAILED,
     EXIT_OK,
@@ -167,15 +171,17 @@ def cmd_batch_run(args: argparse.Namespace, rt: Runtime) -> int:
     try:
         batch_id, steps = create_batch(
             rt.context,
-            args.app,
-            args.source,
-            inputs=parse_pairs(args.input, "--input"),
-            file_input=args.file_input,
-            callback_url=args.callback_url,
-            run_callback_url=args.run_callback_url,
-            max_in_flight=args.max_in_flight,
-            batch_key=args.batch_key,
-            on_bad_rows=args.on_bad_rows,
+            BatchRequest(
+                args.app,
+                args.source,
+                inputs=parse_pairs(args.input, "--input"),
+                file_input=args.file_input,
+                callback_url=args.callback_url,
+                run_callback_url=args.run_callback_url,
+                max_in_flight=args.max_in_flight,
+                batch_key=args.batch_key,
+                on_bad_rows=args.on_bad_rows,
+            ),
         )
     except InvalidBatchError as exc:
         return _bad([*exc.problems, "nothing was enqueued"])

@@ -19,8 +19,8 @@ from worker import task_names
 from worker.batches.schedules import beat_entries
 from worker.ops import logs
 from worker.ops.health import WorkerHeartbeat
-from worker.runs.dispatcher import PollDispatcher
 from worker.store.outbox import send_step
+from worker.taskqueue.poll_dispatcher import PollDispatcher
 
 # Imported for its Celery signal receivers (logging setup, per-task log context).
 _ = logs

@@ -34,7 +34,7 @@ from worker import task_names
 from worker.api.runs import enqueue_run
 from worker.context import Context
 from worker.local.stack import CallbackReceiver, LocalRedis
-from worker.runs.pipeline import poll_hint
+from worker.runs.poll_hints import poll_hint
 from worker.store.ledger import PRE_SUBMIT_STATES, RunState
 from worker.taskqueue.app import create_app
 

@@ -1,16 +1,17 @@
-"""Batch and schedule tasks: thin wrappers over worker.batches.core and worker.batches.schedules."""
+"""Batch and schedule tasks: thin wrappers over worker.batches and the batch callback sender."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from worker import task_names
-from worker.api.batches import enqueue_batch
-from worker.batches.core import deliver_batch_callback as deliver_batch_callback_step
-from worker.batches.core import sweep_batches, tick
+from worker.api.batches import start_batch
+from worker.batches.request import BatchRequest
 from worker.batches.schedules import fire
+from worker.batches.tick import sweep_batches, tick
 from worker.context import get_context
 from worker.taskqueue.app import app, publish
+from worker.webhooks.batch_delivery import deliver_batch_callback as deliver_batch_callback_step
 
 
 @app.task(name=task_names.RUN_BATCH, ignore_result=False)  # type: ignore[untyped-decorator]
@@ -19,7 +20,7 @@ def run_batch(**request: Any) -> str:
 
     Takes :func:`worker.api.batches.enqueue_batch`'s keyword arguments; returns the batch id.
     """
-    return enqueue_batch(context=get_context(), celery=app, **request)
+    return start_batch(BatchRequest(**request), context=get_context(), celery=app)
 
 
 @app.task(name=task_names.BATCH_TICK)  # type: ignore[untyped-decorator]

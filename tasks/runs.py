@@ -1,4 +1,4 @@
-"""Run tasks: thin wrappers over :mod:`worker.runs.pipeline`, passing run ids and tokens only."""
+"""Run tasks: thin wrappers over the run steps (worker.runs), passing run ids and tokens only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from worker import task_names
 from worker.api.runs import enqueue_run
 from worker.context import get_context
-from worker.runs.pipeline import poll_step, submit_step
+from worker.runs.poll import poll_step
+from worker.runs.submit import submit_step
 from worker.runs.task_guard import run_step
 from worker.taskqueue.app import app, publish
 
@@ -32,7 +33,7 @@ def run_workflow(**request: Any) -> str:
 def submit(run_id: str, token: int, hint: dict[str, Any] | None = None) -> None:
     """Validate, upload and submit a run (``hatz.submit``).
 
-    ``hint``: the run's app when it has no files (:func:`worker.runs.pipeline.submit_hint`);
+    ``hint``: the run's app when it has no files (:func:`worker.runs.submit.submit_hint`);
     messages without one still work.
     """
     publish(run_step(submit_step, run_id, token, hint, task=task_names.SUBMIT), app)
@@ -43,6 +44,6 @@ def poll(run_id: str, token: int, hint: list[Any] | None = None) -> None:
     """Poll a run's job once and reschedule itself with a countdown (``hatz.poll``).
 
     ``hint``: the few run fields the poll needs, as its last compare-and-set left
-    them (:func:`worker.runs.pipeline.poll_hint`); messages without one still work.
+    them (:func:`worker.runs.poll_hints.poll_hint`); messages without one still work.
     """
     publish(run_step(poll_step, run_id, token, hint, task=task_names.POLL), app)

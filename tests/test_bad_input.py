@@ -23,7 +23,9 @@ from worker.context import Context
 from worker.errors import HatzError
 from worker.hatz.client import HatzClient
 from worker.hatz.transport import Body, Response
-from worker.runs.pipeline import HINT_FIELDS, poll_step, submit_step
+from worker.runs.poll import poll_step
+from worker.runs.poll_hints import HINT_FIELDS
+from worker.runs.submit import submit_step
 from worker.runs.sweeper import sweep
 from worker.runs.task_guard import run_step
 from worker.store.ledger import RunState

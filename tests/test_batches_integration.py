@@ -19,7 +19,7 @@ from tests.conftest import API_KEY
 from tests.stack import Stack, running_stack
 from worker import task_names
 from worker.api.batches import batch_results, enqueue_batch, wait_for_batch
-from worker.batches.core import list_batches
+from worker.batches.records import list_batches
 from worker.batches.schedules import schedule_state
 from worker.cli.main import main
 from worker.fake_hatz import FakeInput, FakeStep

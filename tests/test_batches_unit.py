@@ -13,25 +13,23 @@ import pytest
 
 from tests.conftest import make_settings
 from worker import task_names
-from worker.batches.core import (
-    CREATING_GRACE,
-    batch_status,
-    create_batch,
-    deliver_batch_callback,
-    read_source,
-    row_run_ids,
-    sweep_batches,
-    tick,
-)
+from worker.batches.abandon import CREATING_GRACE
+from worker.batches.create import create_batch
+from worker.batches.records import row_run_ids
+from worker.batches.request import BatchRequest
 from worker.batches.schedules import fire, load_schedules, parse_schedules
+from worker.batches.sources import read_source
+from worker.batches.status import batch_status
+from worker.batches.tick import sweep_batches, tick
 from worker.context import Context
 from worker.errors import HatzBudgetError, HatzNotFoundError, InvalidBatchError, ScheduleError
 from worker.hatz.types import App, SubmittedJob, UserInput
 from worker.limits import breaker
 from worker.limits.budget import ApiBudget
-from worker.runs.pipeline import submit_step
+from worker.runs.submit import submit_step
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
+from worker.webhooks.batch_delivery import deliver_batch_callback
 
 APP = App(
     id="app",
@@ -149,7 +147,7 @@ def test_bad_rows_abort_the_batch_with_row_numbers_and_create_nothing(
     )
 
     with pytest.raises(InvalidBatchError) as caught:
-        create_batch(ctx, "app", source, file_input="doc")
+        create_batch(ctx, BatchRequest("app", source, file_input="doc"))
 
     problems = caught.value.problems
     assert problems[0].startswith("row 3: ")
@@ -165,7 +163,7 @@ def test_bad_rows_can_be_skipped_and_are_recorded(
     ctx, _, _ = harness()
     source = write_csv(tmp_path / "rows.csv", ["topic,style", "a,", ",x", "c,"])
 
-    batch_id, _ = create_batch(ctx, "app", source, on_bad_rows="skip")
+    batch_id, _ = create_batch(ctx, BatchRequest("app", source, on_bad_rows="skip"))
 
     status = batch_status(ctx, batch_id)
     assert status.counts["total"] == 2
@@ -179,7 +177,7 @@ def test_unknown_app_is_refused_before_anything_is_created(
     ctx, _, _ = harness()
 
     with pytest.raises(InvalidBatchError, match="unknown app_id"):
-        create_batch(ctx, "nope", write_csv(tmp_path / "r.csv", ["topic", "a"]))
+        create_batch(ctx, BatchRequest("nope", write_csv(tmp_path / "r.csv", ["topic", "a"])))
 
 
 # --- concurrency ------------------------------------------------------------------------------
@@ -189,7 +187,7 @@ def make_batch(
     ctx: Context, tmp_path: Path, rows: int, limit: int, **kw: Any
 ) -> tuple[str, list[Next]]:
     source = write_csv(tmp_path / "rows.csv", ["topic", *[f"t{i}" for i in range(rows)]])
-    return create_batch(ctx, "app", source, max_in_flight=limit, **kw)
+    return create_batch(ctx, BatchRequest("app", source, max_in_flight=limit, **kw))
 
 
 def test_only_max_in_flight_runs_are_released_and_the_rest_are_held(
@@ -292,7 +290,7 @@ def test_a_finished_row_run_ticks_its_batch(
     finished = ctx.ledger.require(str(poll.args[0]))
 
     assert finished.state is RunState.SUBMITTED
-    from worker.runs.pipeline import finish
+    from worker.runs.finish import finish
 
     assert finish(ctx, finished.run_id, finished.token, RunState.COMPLETED) == [
         Next(task_names.BATCH_TICK, (batch_id,))

@@ -21,7 +21,8 @@ from worker.cli.main import main
 from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.retry_after import parse_retry_after
-from worker.runs.pipeline import cancel, finish
+from worker.runs.cancel import cancel
+from worker.runs.finish import finish
 from worker.store.ledger import ACTIVE_STATES, RunState
 from worker.store.outbox import Next
 from worker.taskqueue.app import create_app

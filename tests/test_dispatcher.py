@@ -10,8 +10,10 @@ import pytest
 from tests.test_pipeline_unit import Harness, StubClient, harness, job, submitted
 from worker import task_names
 from worker.context import Context
+from worker.runs.cancel import cancel
 from worker.runs.dispatcher import dispatch_due, tick_interval
-from worker.runs.pipeline import cancel, poll_hint, poll_step
+from worker.runs.poll import poll_step
+from worker.runs.poll_hints import poll_hint
 from worker.runs.sweeper import sweep
 from worker.store.ledger import RunState
 from worker.store.outbox import Next

@@ -236,7 +236,11 @@ def test_json_logs_carry_run_identifiers_and_no_secret(ops: Ops) -> None:
     task_lines = [e for e in lines if e.get("task") in ("hatz.submit", "hatz.poll")]
     assert task_lines
     assert all(e.get("run_id") for e in task_lines)
-    pipeline = [e for e in lines if e["logger"] == "worker.runs.pipeline"]
+    pipeline = [
+        e
+        for e in lines
+        if e["logger"] in ("worker.runs.submit", "worker.runs.finish", "worker.runs.documents")
+    ]
     assert pipeline
     assert all(e.get("run_id") and e.get("app_id") for e in pipeline)
     submitted = [e for e in pipeline if "submitted as job" in e["message"]]

@@ -15,8 +15,9 @@ from config import ConfigError, load_settings
 from tests.conftest import make_settings
 from worker.context import sentinel_addresses
 from worker.ops import health, log_context
-from worker.ops.logs import Redactor, configure_logging
+from worker.ops.logs import configure_logging
 from worker.ops.metrics import HatzCollector, Metrics, endpoint_name
+from worker.ops.redaction import Redactor
 from worker.store.keys import Keys
 from worker.store.ledger import Ledger
 from worker.taskqueue.config import celery_config

@@ -20,7 +20,8 @@ from worker import task_names
 from worker.context import Context
 from worker.local.stack import LocalRedis
 from worker.runs.dispatcher import publish_batched
-from worker.runs.pipeline import poll_step, submit_step
+from worker.runs.poll import poll_step
+from worker.runs.submit import submit_step
 from worker.store.ledger import PRE_SUBMIT_STATES
 from worker.store.outbox import Next, Outbox, send_step
 from worker.taskqueue.app import create_app, publish

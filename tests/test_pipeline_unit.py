@@ -22,17 +22,13 @@ from worker.errors import (
 )
 from worker.hatz.types import App, Job, PresignedURL, SubmittedJob, UploadedFile, UserInput
 from worker.limits import breaker
-from worker.runs.pipeline import (
-    HINT_FIELDS,
-    cancel,
-    fetch_app,
-    poll_hint,
-    poll_step,
-    refresh_documents,
-    submit_hint,
-    submit_step,
-    validate_inputs,
-)
+from worker.runs.apps import fetch_app
+from worker.runs.cancel import cancel
+from worker.runs.documents import refresh_documents
+from worker.runs.inputs import validate_inputs
+from worker.runs.poll import poll_step
+from worker.runs.poll_hints import HINT_FIELDS, poll_hint
+from worker.runs.submit import submit_hint, submit_step
 from worker.runs.sweeper import sweep
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
@@ -609,7 +605,7 @@ def test_a_duplicate_hinted_poll_changes_nothing_and_a_very_late_one_claims_firs
 
 
 def test_a_hint_built_from_any_polling_record_is_one_a_poll_accepts() -> None:
-    from worker.runs.pipeline import _from_hint
+    from worker.runs.poll_hints import record_from_hint as _from_hint
     from worker.store.ledger import Run
 
     record = Run.from_hash(

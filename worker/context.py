@@ -93,7 +93,7 @@ class Context:
     clock: Callable[[], float] = field(default=time.time)
     _metrics: Metrics | None = field(default=None, repr=False)
     #: Workflow definitions this process read, with when their Redis cache entry
-    #: expires (see :func:`worker.runs.pipeline.fetch_app`).
+    #: expires (see :func:`worker.runs.apps.fetch_app`).
     apps: dict[str, tuple[float, App]] = field(default_factory=dict, repr=False)
     #: Set in worker pool processes: follow-up tasks are pushed by the ledger's
     #: compare-and-set itself (:mod:`worker.store.outbox`); None publishes them afterwards.

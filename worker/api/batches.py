@@ -15,7 +15,10 @@ from typing import Any
 
 from celery import Celery
 
-from worker.batches.core import BatchStatus, OnBadRows, batch_status, create_batch, write_results
+from worker.batches.create import create_batch
+from worker.batches.request import BatchRequest, OnBadRows
+from worker.batches.results import write_results
+from worker.batches.status import BatchStatus, batch_status
 from worker.context import Context, get_context
 from worker.taskqueue.app import publish
 
@@ -46,9 +49,7 @@ def enqueue_batch(
     gets every run's own callback. With ``batch_key``, rows that already
     completed under that key are not submitted again.
     """
-    ctx = context or get_context()
-    batch_id, steps = create_batch(
-        ctx,
+    request = BatchRequest(
         app_id,
         source,
         inputs=inputs,
@@ -60,6 +61,14 @@ def enqueue_batch(
         on_bad_rows=on_bad_rows,
         metadata=metadata,
     )
+    return start_batch(request, context=context, celery=celery)
+
+
+def start_batch(
+    request: BatchRequest, *, context: Context | None = None, celery: Celery | None = None
+) -> str:
+    """:func:`enqueue_batch` for a request already made: start it, return its ``batch_id``."""
+    batch_id, steps = create_batch(context or get_context(), request)
     publish(steps, celery)
     return batch_id
 

@@ -18,8 +18,9 @@ from celery import Celery
 from worker import task_names
 from worker.context import Context, get_context
 from worker.errors import InvalidRunError
-from worker.runs.pipeline import cancel, submit_hint
+from worker.runs.cancel import cancel
 from worker.runs.request import check_request
+from worker.runs.submit import submit_hint
 from worker.store.ledger import Run, RunState, fingerprint
 from worker.store.outbox import Next
 from worker.webhooks.ssrf import check_callback_url

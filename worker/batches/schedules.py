@@ -40,7 +40,8 @@ from celery.schedules import crontab
 
 from config import ConfigError, Settings
 from worker import task_names
-from worker.batches.core import create_batch
+from worker.batches.create import create_batch
+from worker.batches.request import BatchRequest
 from worker.context import Context
 from worker.errors import InvalidBatchError, ScheduleError
 from worker.store.outbox import Next
@@ -100,6 +101,18 @@ class Schedule:
             return ""
         return self.source.format(date=now, yesterday=now - timedelta(days=1))
 
+    def batch_request(self, now: datetime) -> BatchRequest:
+        """The batch a firing at ``now`` starts."""
+        return BatchRequest(
+            self.app_id,
+            self.render_source(now) or None,
+            inputs=self.inputs,
+            file_input=self.file_input or None,
+            callback_url=self.callback_url or None,
+            max_in_flight=self.max_in_flight,
+            on_bad_rows=self.on_bad_rows,
+        )
+
     def slot(self, now: datetime) -> tuple[str, int]:
         """The fire key's slot name and lifetime (ms) for a firing at ``now``."""
         if self.cron:
@@ -110,16 +123,30 @@ class Schedule:
 
 
 def _parse_one(item: Any, index: int) -> tuple[Schedule | None, list[str]]:
+    """One declaration as a :class:`Schedule`, or None and every problem found."""
     where = f"schedule #{index + 1}"
     if not isinstance(item, dict):
         return None, [f"{where}: must be a table/object"]
     name = item.get("name")
     if isinstance(name, str) and name:
         where = f"schedule {name!r}"
+    problems = [
+        *_identity_problems(item, where),
+        *_timing_problems(item, where),
+        *_option_problems(item, where),
+    ]
+    if problems:
+        return None, problems
+    return _schedule_from(item), []
+
+
+def _identity_problems(item: dict[str, Any], where: str) -> list[str]:
+    """Unknown fields, the name and the app."""
     problems: list[str] = []
     unknown = sorted(set(item) - _KNOWN)
     if unknown:
         problems.append(f"{where}: unknown field(s) {', '.join(unknown)}")
+    name = item.get("name")
     if (
         not isinstance(name, str)
         or not name
@@ -128,19 +155,31 @@ def _parse_one(item: Any, index: int) -> tuple[Schedule | None, list[str]]:
         problems.append(f"{where}: name must be letters, digits, '-' or '_'")
     if not isinstance(item.get("app_id"), str) or not item.get("app_id"):
         problems.append(f"{where}: app_id is required")
+    return problems
+
+
+def _timing_problems(item: dict[str, Any], where: str) -> list[str]:
+    """Exactly one of a valid five-field ``cron`` or a positive ``every``."""
     cron, every = item.get("cron", ""), item.get("every", 0)
     if bool(cron) == bool(every):
-        problems.append(f"{where}: give exactly one of cron or every")
-    elif cron:
+        return [f"{where}: give exactly one of cron or every"]
+    if cron:
         try:
             parts = str(cron).split()
             if len(parts) != 5:
                 raise ValueError("needs 5 fields: minute hour day-of-month month day-of-week")
             crontab(*parts[:2], day_of_week=parts[4], day_of_month=parts[2], month_of_year=parts[3])
         except (ValueError, TypeError) as exc:
-            problems.append(f"{where}: bad cron {cron!r}: {exc}")
-    elif not isinstance(every, int | float) or isinstance(every, bool) or every <= 0:
-        problems.append(f"{where}: every must be a number of seconds > 0")
+            return [f"{where}: bad cron {cron!r}: {exc}"]
+        return []
+    if not isinstance(every, int | float) or isinstance(every, bool) or every <= 0:
+        return [f"{where}: every must be a number of seconds > 0"]
+    return []
+
+
+def _option_problems(item: dict[str, Any], where: str) -> list[str]:
+    """The overlap and bad-row policies, the fixed inputs, the limit and the source pattern."""
+    problems: list[str] = []
     if item.get("overlap", "skip") not in ("skip", "queue"):
         problems.append(f"{where}: overlap must be 'skip' or 'queue'")
     if item.get("on_bad_rows", "skip") not in ("skip", "abort"):
@@ -156,24 +195,24 @@ def _parse_one(item: Any, index: int) -> tuple[Schedule | None, list[str]]:
             str(source).format(date=datetime.now(UTC), yesterday=datetime.now(UTC))
         except (KeyError, ValueError, IndexError) as exc:
             problems.append(f"{where}: bad source pattern {source!r}: {exc}")
-    if problems:
-        return None, problems
-    return (
-        Schedule(
-            name=str(name),
-            app_id=str(item["app_id"]),
-            cron=str(cron or ""),
-            every=float(every or 0),
-            source=str(source or ""),
-            file_input=str(item.get("file_input") or ""),
-            inputs=dict(item.get("inputs") or {}),
-            callback_url=str(item.get("callback_url") or ""),
-            max_in_flight=mif,
-            enabled=bool(item.get("enabled", True)),
-            overlap=item.get("overlap", "skip"),
-            on_bad_rows=item.get("on_bad_rows", "skip"),
-        ),
-        [],
+    return problems
+
+
+def _schedule_from(item: dict[str, Any]) -> Schedule:
+    """The :class:`Schedule` of a declaration already checked."""
+    return Schedule(
+        name=str(item["name"]),
+        app_id=str(item["app_id"]),
+        cron=str(item.get("cron", "") or ""),
+        every=float(item.get("every", 0) or 0),
+        source=str(item.get("source", "") or ""),
+        file_input=str(item.get("file_input") or ""),
+        inputs=dict(item.get("inputs") or {}),
+        callback_url=str(item.get("callback_url") or ""),
+        max_in_flight=item.get("max_in_flight"),
+        enabled=bool(item.get("enabled", True)),
+        overlap=item.get("overlap", "skip"),
+        on_bad_rows=item.get("on_bad_rows", "skip"),
     )
 
 
@@ -312,17 +351,7 @@ def fire(
         ):
             return _record(ctx, name, FireResult("queued"))
     try:
-        batch_id, steps = create_batch(
-            ctx,
-            schedule.app_id,
-            schedule.render_source(moment) or None,
-            inputs=schedule.inputs,
-            file_input=schedule.file_input or None,
-            callback_url=schedule.callback_url or None,
-            max_in_flight=schedule.max_in_flight,
-            on_bad_rows=schedule.on_bad_rows,
-            schedule=name,
-        )
+        batch_id, steps = create_batch(ctx, schedule.batch_request(moment), schedule=name)
     except InvalidBatchError as exc:
         return _record(ctx, name, FireResult("error", error=str(exc)))
     return _record(ctx, name, FireResult("fired", batch_id=batch_id, steps=steps))

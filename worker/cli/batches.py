@@ -10,8 +10,12 @@ from typing import Literal
 
 import click
 
-from worker.batches.core import BatchStatus, batch_status, create_batch, list_batches, write_results
+from worker.batches.create import create_batch
+from worker.batches.records import list_batches
+from worker.batches.request import BatchRequest
+from worker.batches.results import write_results
 from worker.batches.schedules import fire, load_schedules, schedule_state
+from worker.batches.status import BatchStatus, batch_status
 from worker.cli.output import ProgressDrawer, duration, print_error, print_json, table
 from worker.cli.params import (
     CommandGroup,
@@ -153,15 +157,17 @@ def batch_run_command(
     try:
         batch_id, steps = create_batch(
             rt.context,
-            app,
-            source,
-            inputs=parse_pairs(inputs, "--input"),
-            file_input=file_input,
-            callback_url=callback_url,
-            run_callback_url=run_callback_url,
-            max_in_flight=max_in_flight,
-            batch_key=batch_key,
-            on_bad_rows=on_bad_rows,
+            BatchRequest(
+                app,
+                source,
+                inputs=parse_pairs(inputs, "--input"),
+                file_input=file_input,
+                callback_url=callback_url,
+                run_callback_url=run_callback_url,
+                max_in_flight=max_in_flight,
+                batch_key=batch_key,
+                on_bad_rows=on_bad_rows,
+            ),
         )
     except InvalidBatchError as exc:
         return _bad([*exc.problems, "nothing was enqueued"])

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from worker.cli.runtime import PROG
-from worker.ops.logs import safe_url
+from worker.ops.redaction import safe_url
 
 __all__ = [
     "ProgressDrawer",

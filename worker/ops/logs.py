@@ -21,69 +21,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from celery import signals
 
 from config import Settings, load_settings
 from worker import task_names
 from worker.ops import log_context
+from worker.ops.redaction import Redactor
 
-_REDACTED = "[REDACTED]"
 #: Our tasks whose first argument is a run id.
 _RUN_TASKS = frozenset({task_names.SUBMIT, task_names.POLL, task_names.DELIVER_CALLBACK})
-_GENERIC = [
-    # The query string of any URL: presigned URLs carry their signature there.
-    (re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s'\"<>]*"), r"\1?" + _REDACTED),
-    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_" + _REDACTED),
-    (re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1" + _REDACTED),
-]
-_MIN_SECRET_LEN = 6
 _HANDLER_NAME = "hatz-worker"
-
-
-def safe_url(url: str) -> str:
-    """``url`` without credentials, query string or fragment: fit for logs and screens.
-
-    Presigned URLs carry their signature in the query, and a callback URL may
-    carry a token there or in its user part; the port stays, as written.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-class Redactor:
-    """Masks configured secrets and secret-shaped text in a string."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Short values would mask innocent text; real keys are long.
-        literal = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
-        self._literal = re.compile("|".join(re.escape(s) for s in literal)) if literal else None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Redactor:
-        """Mask the API key and every webhook secret of ``settings``."""
-        secrets = [settings.api_key.get_secret_value(), *settings.webhook_secrets()]
-        # A secret without its whsec_ prefix is what actually signs.
-        secrets += [s.removeprefix("whsec_") for s in settings.webhook_secrets()]
-        return cls(secrets)
-
-    def __call__(self, text: str) -> str:
-        """``text`` with every secret replaced by ``[REDACTED]``."""
-        if self._literal is not None:
-            text = self._literal.sub(_REDACTED, text)
-        for pattern, replacement in _GENERIC:
-            text = pattern.sub(replacement, text)
-        return text
 
 
 class ContextFilter(logging.Filter):

@@ -18,7 +18,7 @@ What is counted where:
   per transition, atomically with it) -> ``hatz_runs_total{state}``
 * Hatz API calls: an observer on :class:`~worker.hatz.client.HatzClient`, once
   per HTTP attempt -> ``hatz_api_requests_total{endpoint,outcome}``
-* poll lateness: :func:`worker.runs.pipeline.poll_step` -> ``hatz_poll_lateness_seconds``
+* poll lateness: :func:`worker.runs.poll.poll_step` -> ``hatz_poll_lateness_seconds``
 * callback attempts: :func:`worker.webhooks.delivery.deliver_step`
 * runs in flight, overdue runs, dead letters, breaker, heartbeats: read from the
   ledger when scraped (cheap: only non-terminal runs are in ``P:schedule``).

@@ -9,7 +9,8 @@ would strand all of them until ``visibility_timeout``.
 So a poll due further off than ``HATZ_COUNTDOWN_HORIZON`` is *parked*: the
 ledger's reschedule compare-and-set puts the run in ``Keys.parked`` (a zset
 entry scored by when the poll is due) instead of publishing anything. Every
-worker's main process runs :class:`PollDispatcher` on its consumer timer: each
+worker's main process runs :func:`dispatch_due` on its consumer timer
+(:class:`worker.taskqueue.poll_dispatcher.PollDispatcher`): each
 tick it takes the parked runs now within the horizon off that zset
 (:meth:`~worker.store.ledger.Ledger.pop_parked`, one atomic script, so two workers
 never both take one) and publishes their polls with the remaining countdown.
@@ -26,19 +27,15 @@ the poll is a stale message and does nothing, as always.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from config import Settings
 from worker import task_names
-from worker.context import Context, get_context
-from worker.runs.pipeline import HINT_SOURCES, poll_hint
+from worker.context import Context
+from worker.runs.poll_hints import HINT_SOURCES, poll_hint
 from worker.store.ledger import POLLING_STATES
 from worker.store.outbox import Next, Outbox, send_step
-from worker.taskqueue.timer_step import TimerStep
-
-log = logging.getLogger(__name__)
 
 #: Runs taken off the parked zset per script call.
 BATCH = 1000
@@ -94,24 +91,3 @@ def dispatch_due(
         published += len(steps)
         if len(popped) < batch:
             return published
-
-
-class PollDispatcher(TimerStep):
-    """Consumer bootstep: :func:`dispatch_due` on the consumer's timer (see module doc)."""
-
-    def ticker(self, parent: Any) -> tuple[float, Callable[[], None]]:
-        """Every :func:`tick_interval`; a failed tick is logged and the next one retries."""
-        ctx = get_context()
-        celery = parent.app
-        outbox = Outbox(celery)  # this process's own: messages name their origin
-
-        def publish(steps: Sequence[Next]) -> None:
-            publish_batched(celery, steps, outbox=outbox, redis=ctx.redis)
-
-        def tick() -> None:
-            try:
-                dispatch_due(ctx, publish)
-            except Exception as exc:  # never stop the timer; the next tick retries
-                log.warning("dispatcher: parked polls not published this tick: %s", exc)
-
-        return tick_interval(ctx.settings), tick

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from worker import task_names
 from worker.context import Context
-from worker.runs.pipeline import finish
+from worker.runs.finish import finish
 from worker.store.ledger import POLLING_STATES, PRE_SUBMIT_STATES, TERMINAL_STATES, Run, RunState
 from worker.store.outbox import Next
 from worker.webhooks.delivery import ACTIVE_CALLBACK_STATES, index_dead_letter

@@ -16,9 +16,9 @@ from celery import Celery, signals
 from config import ConfigError, Settings, load_settings
 from worker.ops import logs
 from worker.ops.health import WorkerHeartbeat
-from worker.runs.dispatcher import PollDispatcher
 from worker.store.outbox import send_step
 from worker.taskqueue.config import celery_config, startup_problems
+from worker.taskqueue.poll_dispatcher import PollDispatcher
 
 # Imported for its Celery signal receivers (logging setup, per-task log context).
 _ = logs
@@ -85,7 +85,7 @@ app = create_app()
 
 
 def publish(steps: list[Any], celery: Celery | None = None) -> None:
-    """Send each :class:`~worker.runs.pipeline.Next` by task name, routed by ``task_routes``."""
+    """Send each :class:`~worker.store.outbox.Next` by task name, routed by ``task_routes``."""
     target = celery or app
     for step in steps:
         send_step(target, step)

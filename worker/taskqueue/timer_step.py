@@ -1,7 +1,7 @@
 """A consumer bootstep that runs one function on the consumer's timer.
 
 Used by the worker heartbeat (:mod:`worker.ops.health`) and the parked-poll
-dispatcher (:mod:`worker.runs.dispatcher`): both run in the worker's main process,
+dispatcher (:mod:`worker.taskqueue.poll_dispatcher`): both run in the worker's main process,
 start once the worker consumes, and stop when the consumer stops or restarts
 after a lost broker connection (Celery then starts them again).
 """

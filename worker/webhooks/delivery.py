@@ -33,8 +33,10 @@ from worker import task_names
 from worker.context import Context
 from worker.errors import CallbackReplayError, UnsafeCallbackURLError
 from worker.ops import log_context
+from worker.ops.redaction import safe_url
 from worker.retry_after import parse_retry_after
-from worker.runs.pipeline import jittered, refresh_documents
+from worker.runs.documents import refresh_documents
+from worker.runs.timing import jittered
 from worker.store.ledger import Run, RunState
 from worker.store.outbox import Next
 from worker.webhooks import events, signing
@@ -117,15 +119,6 @@ def signed_headers(ctx: Context, msg_id: str, body: bytes) -> dict[str, str]:
     }
 
 
-def redact_url(url: str) -> str:
-    """A URL fit for logs: scheme, host and path only (a query may hold a token)."""
-    head, _, _ = url.partition("?")
-    head = head.partition("#")[0]
-    scheme, sep, rest = head.partition("://")
-    rest = rest.rpartition("@")[2]
-    return f"{scheme}{sep}{rest}"
-
-
 # --- one HTTP attempt -----------------------------------------------------------------
 
 
@@ -158,13 +151,25 @@ class Outcome:
 
 
 def send(
-    ctx: Context, url: str, msg_id: str, body: bytes, *, resolver: Resolver | None = None
+    ctx: Context,
+    url: str,
+    msg_id: str,
+    body: bytes,
+    *,
+    resolver: Resolver | None = None,
+    check_addresses: bool = True,
 ) -> Outcome:
-    """Check ``url`` with the SSRF guard, resolve and pin it, and POST once, signed now."""
+    """Check ``url`` with the SSRF guard, resolve and pin it, and POST once, signed now.
+
+    ``check_addresses=False``: the URL's form is still checked, but not the
+    addresses it resolves to (batch callbacks, whose URLs were only checked at
+    creation so far).
+    """
     s = ctx.settings
     started = time.monotonic()
+    guard = s if check_addresses else s.model_copy(update={"callback_allow_private": True})
     try:
-        target = resolve_callback_url(url, s, resolver)
+        target = resolve_callback_url(url, guard, resolver)
     except UnsafeCallbackURLError as exc:
         return Outcome(error=f"refused by the SSRF guard: {exc.reason}", refused=True)
     except (OSError, UnicodeError, ValueError) as exc:
@@ -271,6 +276,44 @@ def deliver_step(
     for the sweeper); anything else, or retries exhausted, dead-letters it.
     """
     lease = _lease(ctx)
+    claimed = _commit(ctx, run_id, token, _claim_next_event(token, lease))
+    if claimed is None or not claimed[1].bump:
+        return []
+    run, change, token = claimed
+    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
+    event: Event = change.info["event"]
+    url = str(run.get("callback_url") or "")
+    tries = int(run.get("callback_tries") or 0) + 1
+    if event.type != events.STARTED:
+        run = refresh_documents(ctx, run)  # a retry hours later must not send dead links
+    msg_id = events.webhook_id(run_id, event)
+    outcome = send(ctx, url, msg_id, encode(build_event(run, event)), resolver=resolver)
+    record = _attempt_record(ctx, event, outcome)
+    ctx.metrics.callback_attempt(outcome.status)
+    attempt = _Attempt(run_id, token, event, record, safe_url(url), tries)
+    if outcome.ok:
+        return _delivered(ctx, attempt, lease)
+    if outcome.retryable and tries < len(ctx.settings.callback_retry_delays):
+        return _retry(ctx, attempt, outcome, lease)
+    _dead_letter(ctx, attempt, outcome)
+    return []
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One delivery attempt of one event, as the steps after the send see it."""
+
+    run_id: str
+    token: int
+    event: Event
+    record: dict[str, Any]
+    where: str  # the URL, redacted for logs
+    tries: int
+
+
+def _claim_next_event(token: int, lease: float) -> Callable[[Run], _Change | None]:
+    """The claim of the run's next pending event (``t -> t+1``), or the chain's close
+    when nothing is pending; None when another sender holds the chain."""
 
     def claim(run: Run) -> _Change | None:
         if not run.get("callback_url"):
@@ -292,18 +335,11 @@ def deliver_step(
             info={"event": todo[0]},
         )
 
-    claimed = _commit(ctx, run_id, token, claim)
-    if claimed is None or not claimed[1].bump:
-        return []
-    run, change, token = claimed
-    log_context.bind(app_id=run.get("app_id"), job_id=run.get("job_id"))
-    event: Event = change.info["event"]
-    url = str(run.get("callback_url") or "")
-    msg_id = events.webhook_id(run_id, event)
-    tries = int(run.get("callback_tries") or 0) + 1
-    if event.type != events.STARTED:
-        run = refresh_documents(ctx, run)  # a retry hours later must not send dead links
-    outcome = send(ctx, url, msg_id, encode(build_event(run, event)), resolver=resolver)
+    return claim
+
+
+def _attempt_record(ctx: Context, event: Event, outcome: Outcome) -> dict[str, Any]:
+    """The attempt as ``callback_attempts`` keeps it."""
     record: dict[str, Any] = {
         "at": ctx.clock(),
         "event": event.type,
@@ -314,61 +350,68 @@ def deliver_step(
         record["body"] = outcome.body
     else:
         record["error"] = outcome.error
-    ctx.metrics.callback_attempt(outcome.status)
-    where = redact_url(url)
+    return record
 
-    if outcome.ok:
-        return _delivered(ctx, run_id, token, event, record, where, lease)
 
-    delays = ctx.settings.callback_retry_delays
-    if outcome.retryable and tries < len(delays):
-        delay = _retry_delay(ctx, tries, outcome)
-        record["retry_in"] = round(delay, 3)
-        # Long waits (hours) are not held by a worker as countdowns: they would
-        # outlive the visibility timeout. The ledger's schedule keeps them and
-        # the sweeper publishes the retry when it is due.
-        held = delay <= ctx.settings.max_countdown()
+def _retry(ctx: Context, attempt: _Attempt, outcome: Outcome, lease: float) -> list[Next]:
+    """Record a retryable failure and schedule the retry (held, or kept by the ledger)."""
+    delay = _retry_delay(ctx, attempt.tries, outcome)
+    attempt.record["retry_in"] = round(delay, 3)
+    # Long waits (hours) are not held by a worker as countdowns: they would
+    # outlive the visibility timeout. The ledger's schedule keeps them and
+    # the sweeper publishes the retry when it is due.
+    held = delay <= ctx.settings.max_countdown()
 
-        def retry(run: Run) -> _Change:
-            fields = {
-                "callback_state": "retrying",
-                "callback_tries": tries,
-                "callback_sending": "",
-                "callback_attempts": _attempts(run, record),
-            }
-            return _Change(fields, due_in=delay + (lease if held else 0.0))
+    def retry(run: Run) -> _Change:
+        fields = {
+            "callback_state": "retrying",
+            "callback_tries": attempt.tries,
+            "callback_sending": "",
+            "callback_attempts": _attempts(run, attempt.record),
+        }
+        return _Change(fields, due_in=delay + (lease if held else 0.0))
 
-        if _commit(ctx, run_id, token, retry) is None:
-            return []
-        log.warning(
-            "run %s: %s callback to %s failed (attempt %d: %s); retry in %.1f s",
-            run_id,
-            event.name,
-            where,
-            tries,
-            outcome.summary(),
-            delay,
-        )
-        return [Next(task_names.DELIVER_CALLBACK, (run_id, token), delay)] if held else []
+    if _commit(ctx, attempt.run_id, attempt.token, retry) is None:
+        return []
+    log.warning(
+        "run %s: %s callback to %s failed (attempt %d: %s); retry in %.1f s",
+        attempt.run_id,
+        attempt.event.name,
+        attempt.where,
+        attempt.tries,
+        outcome.summary(),
+        delay,
+    )
+    if not held:
+        return []
+    return [Next(task_names.DELIVER_CALLBACK, (attempt.run_id, attempt.token), delay)]
 
-    error = f"{outcome.summary()} after {tries} attempt(s)"
+
+def _dead_letter(ctx: Context, attempt: _Attempt, outcome: Outcome) -> None:
+    """Give the event up: list the run as a dead letter, then record it failed."""
+    error = f"{outcome.summary()} after {attempt.tries} attempt(s)"
 
     def dead_letter(run: Run) -> _Change:
         fields = {
             "callback_state": "failed",
-            "callback_tries": tries,
+            "callback_tries": attempt.tries,
             "callback_sending": "",
             "callback_error": error,
-            "callback_attempts": _attempts(run, record),
+            "callback_attempts": _attempts(run, attempt.record),
         }
         return _Change(fields, done=True)
 
     # The list entry first, the record second: a crash in between leaves an entry its
     # readers skip (the run is not "failed"), never a dead letter missing from the list.
-    index_dead_letter(ctx, run_id)
-    if _commit(ctx, run_id, token, dead_letter) is not None:
-        log.error("run %s: %s callback to %s dead-lettered: %s", run_id, event.name, where, error)
-    return []
+    index_dead_letter(ctx, attempt.run_id)
+    if _commit(ctx, attempt.run_id, attempt.token, dead_letter) is not None:
+        log.error(
+            "run %s: %s callback to %s dead-lettered: %s",
+            attempt.run_id,
+            attempt.event.name,
+            attempt.where,
+            error,
+        )
 
 
 def index_dead_letter(ctx: Context, run_id: str) -> None:
@@ -381,34 +424,29 @@ def index_dead_letter(ctx: Context, run_id: str) -> None:
     ctx.redis.zadd(ctx.keys.failed_callbacks, {run_id: ctx.clock()})
 
 
-def _delivered(
-    ctx: Context,
-    run_id: str,
-    token: int,
-    event: Event,
-    record: dict[str, Any],
-    where: str,
-    lease: float,
-) -> list[Next]:
+def _delivered(ctx: Context, attempt: _Attempt, lease: float) -> list[Next]:
+    """Record the event delivered; the next event's delivery when one is pending."""
+    event = attempt.event
+
     def advance(run: Run) -> _Change:
         fields: dict[str, Any] = {
             "callback_seq": event.sequence,
             "callback_tries": 0,
             "callback_sending": "",
             "callback_error": "",
-            "callback_attempts": _attempts(run, record),
+            "callback_attempts": _attempts(run, attempt.record),
         }
         more = bool(events.pending({**run, "callback_seq": event.sequence}))
         fields["callback_state"] = "pending" if more else "delivered"
         return _Change(fields, due_in=lease if more else None, done=not more, info={"more": more})
 
-    committed = _commit(ctx, run_id, token, advance)
-    log.info("run %s: %s callback delivered to %s", run_id, event.name, where)
+    committed = _commit(ctx, attempt.run_id, attempt.token, advance)
+    log.info("run %s: %s callback delivered to %s", attempt.run_id, event.name, attempt.where)
     if committed is None:
         return []  # the sweeper retired this task meanwhile: its successor re-sends
     if committed[1].info["more"]:
-        return [Next(task_names.DELIVER_CALLBACK, (run_id, token))]
-    ctx.redis.zrem(ctx.keys.failed_callbacks, run_id)
+        return [Next(task_names.DELIVER_CALLBACK, (attempt.run_id, attempt.token))]
+    ctx.redis.zrem(ctx.keys.failed_callbacks, attempt.run_id)
     return []
 
 
@@ -462,7 +500,7 @@ def failed_callbacks(ctx: Context, *, limit: int = 1000) -> list[FailedCallback]
             FailedCallback(
                 run_id=run_id,
                 failed_at=float(score),
-                url=redact_url(str(run.get("callback_url") or "")),
+                url=safe_url(str(run.get("callback_url") or "")),
                 event=event.type if event else "",
                 webhook_id=events.webhook_id(run_id, event) if event else "",
                 error=str(run.get("callback_error") or ""),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any
 
 import click
 
@@ -141,33 +141,21 @@ def batch_run_command(
     source: str | None,
     app: str,
     inputs: tuple[str, ...],
-    file_input: str | None,
-    callback_url: str | None,
-    run_callback_url: str | None,
-    max_in_flight: int | None,
-    batch_key: str | None,
-    on_bad_rows: Literal["skip", "abort"],
     wait: bool,
     timeout: float | None,
     as_json: bool,
+    **fields: Any,
 ) -> int:
-    """``batch run``: validate, create, publish; print the batch id (then follow it)."""
+    """``batch run``: validate, create, publish; print the batch id (then follow it).
+
+    ``fields``: the other options, named as :class:`BatchRequest`'s fields.
+    """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
     try:
         batch_id, steps = create_batch(
             rt.context,
-            BatchRequest(
-                app,
-                source,
-                inputs=parse_pairs(inputs, "--input"),
-                file_input=file_input,
-                callback_url=callback_url,
-                run_callback_url=run_callback_url,
-                max_in_flight=max_in_flight,
-                batch_key=batch_key,
-                on_bad_rows=on_bad_rows,
-            ),
+            BatchRequest(app, source, inputs=parse_pairs(inputs, "--input"), **fields),
         )
     except InvalidBatchError as exc:
         return _bad([*exc.problems, "nothing was enqueued"])

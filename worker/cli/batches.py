@@ -138,6 +138,7 @@ def batch_group() -> None:
 @click.pass_obj
 def batch_run_command(
     rt: Runtime,
+    /,
     source: str | None,
     app: str,
     inputs: tuple[str, ...],

@@ -1,12 +1,12 @@
 """Liveness of worker and beat processes: heartbeat keys in Redis, and the probe that reads them.
 
 * A worker writes ``Keys.heartbeat("worker:<nodename>")`` every
-  ``HATZ_HEARTBEAT_INTERVAL`` seconds from a consumer bootstep
-  (:class:`WorkerHeartbeat`) on the consumer's own timer: the heartbeat stops
-  when the consumer's event loop is stuck or it lost its broker connection.
+  ``HATZ_HEARTBEAT_INTERVAL`` seconds from a consumer bootstep on the
+  consumer's own timer (:mod:`worker.taskqueue.heartbeat`): the heartbeat
+  stops when the consumer's event loop is stuck or it lost its broker connection.
 * Beat writes ``Keys.heartbeat("beat")`` from its scheduler loop
-  (:class:`HeartbeatScheduler`, set as ``beat_scheduler`` in
-  :mod:`worker.taskqueue.app`): the heartbeat stops when beat stops ticking.
+  (:class:`worker.taskqueue.heartbeat.HeartbeatScheduler`, ``beat_scheduler`` in
+  :mod:`worker.taskqueue.config`): the heartbeat stops when beat stops ticking.
 
 Times are Redis server time (``TIME``), so a probe on another host with a
 skewed clock still reads ages right. Each key expires after a few intervals,
@@ -17,21 +17,13 @@ exits 0 when the heartbeat is fresh: a compose/Kubernetes probe.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
-from celery.beat import PersistentScheduler
 
 from worker.store.keys import Keys
-from worker.taskqueue.timer_step import TimerStep
-
-log = logging.getLogger(__name__)
 
 BEAT = "beat"
 #: Default ``--max-age`` in heartbeat intervals: two missed beats are tolerated.
@@ -104,47 +96,3 @@ def probe(client: redis.Redis, keys: Keys, name: str, max_age: float) -> tuple[b
     if hb.age > max_age:
         return False, f"{name}: last heartbeat {hb.age:.1f} s ago (> {max_age:g} s)"
     return True, f"{name}: alive, last heartbeat {hb.age:.1f} s ago (pid {hb.pid} on {hb.host})"
-
-
-def _context() -> Any:
-    from worker.context import get_context
-
-    return get_context()
-
-
-class WorkerHeartbeat(TimerStep):
-    """Consumer bootstep: a heartbeat every ``HATZ_HEARTBEAT_INTERVAL`` on the consumer's timer."""
-
-    def ticker(self, parent: Any) -> tuple[float, Callable[[], None]]:
-        """Every heartbeat interval; a failed write is logged, the next one retries."""
-        ctx = _context()
-        name = worker_name(parent.hostname)
-        interval = float(ctx.settings.heartbeat_interval)
-
-        def tick() -> None:
-            try:
-                beat(ctx.redis, ctx.keys, name, interval)
-            except redis.RedisError as exc:
-                log.warning("heartbeat not written: %s", exc)
-
-        return interval, tick
-
-
-class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]
-    """Celery's default beat scheduler, plus a heartbeat from its loop."""
-
-    _last_beat = 0.0
-
-    def tick(self, *args: Any, **kwargs: Any) -> float:
-        """Run due entries as usual; beat at most every interval; sleep no longer than it."""
-        delay = float(super().tick(*args, **kwargs))  # Celery is untyped
-        ctx = _context()
-        interval = ctx.settings.heartbeat_interval
-        now = time.monotonic()
-        if now - self._last_beat >= interval:
-            try:
-                beat(ctx.redis, ctx.keys, BEAT, interval)
-                self._last_beat = now
-            except redis.RedisError as exc:
-                log.warning("beat heartbeat not written: %s", exc)
-        return float(min(delay, interval))

@@ -15,9 +15,9 @@ from celery import Celery, signals
 
 from config import ConfigError, Settings, load_settings
 from worker.ops import logs
-from worker.ops.health import WorkerHeartbeat
 from worker.store.outbox import send_step
 from worker.taskqueue.config import celery_config, startup_problems
+from worker.taskqueue.heartbeat import WorkerHeartbeat
 from worker.taskqueue.poll_dispatcher import PollDispatcher
 
 # Imported for its Celery signal receivers (logging setup, per-task log context).

@@ -99,7 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         # Celery's default scheduler plus a heartbeat for health probes (worker.ops.health).
-        "beat_scheduler": "worker.ops.health:HeartbeatScheduler",
+        "beat_scheduler": "worker.taskqueue.heartbeat:HeartbeatScheduler",
         "beat_schedule": {
             "hatz-sweeper": {"task": task_names.SWEEP, "schedule": settings.sweep_interval},
             "hatz-batches": {"task": task_names.BATCH_SWEEP, "schedule": settings.sweep_interval},

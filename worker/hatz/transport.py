@@ -25,6 +25,14 @@ rule, and the Hatz API never redirects.
   Content-Length, never chunked.
 * After a fork (Celery's prefork pool) the child drops the connections it
   inherited and opens its own (urllib3 does not notice a fork).
+
+Cost: a ``GET`` to the loopback fake takes about 2.5 times the client CPU of
+the hand-written ``http.client`` pool this replaces (210-300 us against 60-110
+us on the 2-core benchmark VM: 100-150 us of it urllib3's own layers, 30-40 us
+the ``email`` header parser); nothing in urllib3's options makes it cheaper
+(``preload_content=False`` does not). Keep the pools per origin, the prebuilt
+``Retry`` and the one ``urlopen`` per call: a ``PoolManager.urlopen`` per call
+costs another 20-50 us.
 """
 
 from __future__ import annotations

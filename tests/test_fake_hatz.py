@@ -1170,7 +1170,7 @@ def test_app_from_json_matches_the_python_definition() -> None:
     assert app.steps[0].id == FakeApp(id="a").steps[0].id  # ids derive from the app id
 
 
-# --- request parsing (the server's own header reading, worker.hatz.headers) --------------
+# --- request parsing (the server's own header reading, worker.fake_hatz.headers) --------------
 
 
 def address(fake: FakeHatz) -> tuple[str, int]:

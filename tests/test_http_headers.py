@@ -1,4 +1,4 @@
-"""worker.hatz.headers.read_headers gives what http.client.parse_headers gives."""
+"""worker.fake_hatz.headers.read_headers gives what http.client.parse_headers gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from worker.hatz.headers import MAX_LINES, read_headers
+from worker.fake_hatz.headers import MAX_LINES, read_headers
 
 BLOCKS = [
     b"\r\n",

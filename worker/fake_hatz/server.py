@@ -22,10 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from worker.hatz.headers import read_headers
-
 from .body import Body
 from .dispatch import handle
+from .headers import read_headers
 from .messages import Request, Response, detail_response
 from .state import FakeState
 
@@ -114,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         """``http.server``'s parsing of an ``HTTP/1.0`` or ``HTTP/1.1`` request, with the
-        header block read by :func:`worker.hatz.headers.read_headers` (the same headers, at
+        header block read by :func:`worker.fake_hatz.headers.read_headers` (the same headers, at
         a tenth of the CPU); any other request line is left to ``http.server`` itself."""
         line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = line.split()

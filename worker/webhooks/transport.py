@@ -1,24 +1,32 @@
-"""One webhook POST to a pinned address, with a real total deadline.
+"""One webhook POST to a pinned address, with a real total deadline, over urllib3.
 
-``requests`` resolves names itself and only bounds each socket operation, so a
-receiver that answers one byte every few seconds can hold a worker for ever,
-and the address it connects to is not the one the SSRF guard checked. Here the
-connection goes to :attr:`Target.address` (already checked), the ``Host``
-header and TLS SNI/certificate check use the URL's host name, redirects are
-never followed (``http.client`` does not), and a timer shuts the socket down
-when the total deadline passes, whatever the receiver does.
+A plain ``requests``/``PoolManager`` call resolves names itself, reads proxy
+variables and only bounds each socket operation, so a receiver that answers one
+byte every few seconds could hold a worker for ever, and the address it
+connects to would not be the one the SSRF guard checked. Here one urllib3
+connection (no pool: one request, ``Connection: close``) goes to
+:attr:`Target.address` (already checked), the ``Host`` header and TLS
+SNI/certificate check use the URL's host name, redirects are never followed
+(a connection does not), no proxy is ever used, and a timer shuts the socket
+down when the total deadline passes, whatever the receiver does. At most
+:data:`MAX_BODY_READ` bytes of the answer are read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPException, HTTPSConnection
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.util import SKIP_HEADER
+from urllib3.util.ssl_match_hostname import CertificateError as NameMismatch
 
 from worker.webhooks.ssrf import Target
 
@@ -46,13 +54,82 @@ class Response:
     body: bytes = b""
 
 
-def _connect(target: Target, connect_timeout: float) -> socket.socket:
+def _connection(
+    target: Target, timeout: float, ssl_context: ssl.SSLContext | None
+) -> HTTPConnection:
+    """An unopened connection to the checked address, TLS checked against the URL's host."""
+    if target.scheme != "https":
+        return HTTPConnection(target.address, target.port, timeout=timeout)
+    return HTTPSConnection(
+        target.address,
+        target.port,
+        timeout=timeout,
+        # SNI and the certificate's name check (the context's own) use the URL's host.
+        server_hostname=target.host,
+        ssl_context=ssl_context or ssl.create_default_context(),
+    )
+
+
+def _connect(conn: HTTPConnection, connect_timeout: float) -> None:
+    """TCP connect and TLS handshake, or :class:`DeliveryError`."""
     try:
-        return socket.create_connection((target.address, target.port), timeout=connect_timeout)
-    except TimeoutError:
-        raise DeliveryError("timeout", f"connect timed out after {connect_timeout:g} s") from None
-    except OSError as exc:
-        raise DeliveryError("connect", exc.strerror or type(exc).__name__) from None
+        conn.connect()
+    except ConnectTimeoutError as exc:
+        if not isinstance(exc, NewConnectionError):
+            raise DeliveryError(
+                "timeout", f"connect timed out after {connect_timeout:g} s"
+            ) from None
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) else None
+        raise DeliveryError("connect", reason or type(cause or exc).__name__) from None
+
+
+def _headers(target: Target, headers: Mapping[str, str]) -> dict[str, str]:
+    """What is sent: the URL's Host, the caller's headers, one request per connection."""
+    sent = {"Host": target.host_header, **headers, "Connection": "close"}
+    names = {name.lower() for name in sent}
+    # Nothing urllib3 or http.client would add on their own (a User-Agent, an
+    # Accept-Encoding): the receiver sees the headers we sign and frame, only.
+    for name in ("User-Agent", "Accept-Encoding"):
+        if name.lower() not in names:
+            sent[name] = SKIP_HEADER
+    return sent
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The socket, ssl or http.client exception under urllib3's wrappers."""
+    for _ in range(8):
+        if not isinstance(exc, urllib3.exceptions.HTTPError):
+            break
+        inner = next((a for a in exc.args if isinstance(a, BaseException)), None)
+        inner = inner or exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    return exc
+
+
+def _failure(exc: BaseException, expired: bool, total_timeout: float) -> DeliveryError | None:
+    """The :class:`DeliveryError` for an exception of the exchange (None: not ours to map)."""
+    if isinstance(exc, DeliveryError):
+        return exc
+    root = _root(exc)
+    timed_out = isinstance(exc, ReadTimeoutError) or isinstance(root, TimeoutError)
+    if expired or timed_out:
+        return DeliveryError("timeout", f"no complete answer within {total_timeout:g} s")
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return DeliveryError("tls", getattr(root, "verify_message", None) or str(root))
+    if isinstance(root, NameMismatch):  # urllib3's own name check
+        return DeliveryError("tls", str(root))
+    if isinstance(root, ssl.SSLError):
+        return DeliveryError("tls", type(root).__name__)
+    if isinstance(root, HTTPException):
+        return DeliveryError("protocol", type(root).__name__)
+    if isinstance(root, OSError):
+        return DeliveryError("connect", root.strerror or type(root).__name__)
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return DeliveryError("protocol", type(root).__name__)
+    return None
 
 
 def post(
@@ -71,53 +148,45 @@ def post(
     system trust store with hostname checking (tests pass their own CA).
     """
     deadline = time.monotonic() + total_timeout
-    sock = _connect(target, min(connect_timeout, total_timeout))
+    conn = _connection(target, min(connect_timeout, total_timeout), ssl_context)
     expired = threading.Event()
 
     def abort() -> None:
         expired.set()
         # The base-class shutdown also works on an SSLSocket, from another thread,
-        # and wakes a recv blocked on a receiver that trickles bytes.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        # and wakes a recv blocked on a receiver that trickles bytes (or a handshake).
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), abort)
+    timer = threading.Timer(total_timeout, abort)
     timer.daemon = True
     timer.start()
     try:
-        if target.scheme == "https":
-            context = ssl_context or ssl.create_default_context()
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            sock = context.wrap_socket(sock, server_hostname=target.host)
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        conn = http.client.HTTPConnection(target.host, target.port)
-        conn.sock = sock
-        conn.putrequest("POST", target.path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", target.host_header)
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        conn.putheader("Content-Length", str(len(body)))
-        conn.putheader("Connection", "close")
-        conn.endheaders(body)
+        _connect(conn, min(connect_timeout, total_timeout))
+        conn.timeout = max(0.001, deadline - time.monotonic())
+        conn.request(
+            "POST",
+            target.path,
+            body=body,
+            headers=_headers(target, headers),
+            preload_content=False,
+            decode_content=False,
+            # A short body is returned as it is (an excerpt), not an error.
+            enforce_content_length=False,
+        )
+        conn.timeout = max(0.001, deadline - time.monotonic())
         answer = conn.getresponse()
         excerpt = answer.read(MAX_BODY_READ)
         if expired.is_set():
             raise DeliveryError("timeout", f"no complete answer within {total_timeout:g} s")
-        return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, excerpt)
-    except DeliveryError:
-        raise
-    except (ssl.SSLCertVerificationError, ssl.CertificateError) as exc:
-        raise DeliveryError("tls", getattr(exc, "verify_message", None) or str(exc)) from None
-    except (TimeoutError, OSError, http.client.HTTPException) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError):
-            raise DeliveryError(
-                "timeout", f"no complete answer within {total_timeout:g} s"
-            ) from None
-        if isinstance(exc, ssl.SSLError):
-            raise DeliveryError("tls", type(exc).__name__) from None
-        if isinstance(exc, http.client.HTTPException):
-            raise DeliveryError("protocol", type(exc).__name__) from None
-        raise DeliveryError("connect", exc.strerror or type(exc).__name__) from None
+        return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, excerpt)
+    except Exception as exc:
+        failure = _failure(exc, expired.is_set(), total_timeout)
+        if failure is None or failure is exc:
+            raise
+        raise failure from None
     finally:
         timer.cancel()
-        sock.close()
+        conn.close()

@@ -1,9 +1,10 @@
-"""Reading an HTTP/1.x header block, as :mod:`http.client` does but about ten times cheaper.
+"""Reading a request's HTTP/1.x header block, as :mod:`http.client` does but ten times cheaper.
 
-``http.client.parse_headers`` (used by ``http.client`` for answers and by
-``http.server`` for requests) runs the block through the ``email`` package's
-feed parser: about 20 us for five headers, a tenth of the CPU the Hatz client
-spends on a status poll, and as much again in the fake Hatz server per request.
+The fake server's own parsing (it shares no code with the client).
+``http.client.parse_headers`` (used by ``http.server`` for requests) runs the
+block through the ``email`` package's feed parser: about 20 us for five
+headers, a large share of the fake server's CPU per request, and the
+benchmarks run the fake on the same cores as the worker.
 :func:`read_headers` reads the same lines into the same
 :class:`http.client.HTTPMessage` with the same result (names and values as the
 ``email`` parser stores them, folded lines included, and where it stops at a
@@ -14,8 +15,7 @@ HTTP forbids in a header, is a line break to the ``email`` parser and not here).
 ``tests/test_http_headers.py`` checks it against the standard library, block by
 block.
 
-Used by :mod:`worker.hatz.transport` (answers) and :mod:`worker.fake_hatz.server`
-(requests).
+Used by :mod:`worker.fake_hatz.server`.
 """
 
 from __future__ import annotations

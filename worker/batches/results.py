@@ -2,9 +2,9 @@
 every document downloaded.
 
 Downloads go through urllib3, the one HTTP library of every outgoing request;
-the proxy and CA bundle come from the environment as ``requests`` would read
-them (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``,
-else certifi's bundle), so a download goes the way it always went.
+the proxy and CA bundle come from the environment as for the Hatz client
+(:func:`worker.hatz.transport.environment_proxy`, ``REQUESTS_CA_BUNDLE``/
+``CURL_CA_BUNDLE``, else certifi's bundle).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import certifi
-import requests
 import urllib3
 
 from worker.batches.records import row_run_ids
 from worker.context import Context
 from worker.errors import InvalidBatchError
+from worker.hatz.transport import environment_ca_bundle, environment_proxy
 from worker.store.ledger import Run
 
 #: Seconds to connect to, and between bytes from, a document's host.
@@ -127,15 +127,13 @@ def _download_documents(rows: Sequence[dict[str, Any]], folder: Path) -> None:
 def _fetch(pools: dict[str, urllib3.PoolManager], url: str) -> bytes:
     """``GET url``'s body; raise :class:`urllib3.exceptions.HTTPError` on no answer or
     an error status."""
-    proxies = requests.utils.get_environ_proxies(url)
-    proxy = proxies.get(urlsplit(url).scheme) or proxies.get("all") or ""
+    proxy = environment_proxy(url) or ""
     pool = pools.get(proxy)
     if pool is None:
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         options: dict[str, Any] = {
             "timeout": _DOWNLOAD_TIMEOUT,
             "retries": _DOWNLOAD_RETRIES,
-            "ca_certs": bundle or certifi.where(),
+            "ca_certs": environment_ca_bundle() or certifi.where(),
         }
         pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
         pools[proxy] = pool

@@ -19,7 +19,6 @@ Retry rule (there is no idempotency key in the Hatz API):
 
 from __future__ import annotations
 
-import ipaddress
 import json as jsonlib
 import logging
 import mimetypes
@@ -28,11 +27,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
-from urllib.request import getproxies, proxy_bypass
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -60,6 +57,8 @@ from worker.hatz.transport import (
     ReadTimedOut,
     Response,
     TransportError,
+    environment_ca_bundle,
+    environment_proxy,
 )
 from worker.hatz.types import App, Job, PresignedURL, QueryResult, SubmittedJob, UploadedFile
 from worker.retry_after import parse_retry_after
@@ -94,23 +93,6 @@ class Pool(Protocol):
     def clear(self) -> None: ...
 
 
-def _bypasses_proxy(host: str) -> bool:
-    """True if ``NO_PROXY``/``no_proxy`` lists ``host`` (names, suffixes, ``*``; and, as
-    ``requests`` did, CIDR blocks for a host given as an IP address)."""
-    if proxy_bypass(host):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    entries = (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(",")
-    for entry in entries:
-        with suppress(ValueError):
-            if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
-                return True
-    return False
-
-
 def _pool_for(
     base_url: str, connect_timeout: float, read_timeout: float, maxsize: int = 32
 ) -> HttpPool:
@@ -118,18 +100,12 @@ def _pool_for(
     environment once (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/
     ``CURL_CA_BUNDLE``, else certifi's bundle), as ``requests`` would read them.
     """
-    parts = urlsplit(base_url)
-    proxy = None
-    if not _bypasses_proxy(parts.hostname or ""):
-        proxies = getproxies()
-        proxy = proxies.get(parts.scheme) or proxies.get("all")
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return HttpPool(
         connect_timeout,
         read_timeout,
         maxsize=maxsize,
-        proxy=proxy or None,
-        ca_bundle=bundle or None,
+        proxy=environment_proxy(base_url),
+        ca_bundle=environment_ca_bundle(),
     )
 
 

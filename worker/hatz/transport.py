@@ -38,14 +38,17 @@ costs another 20-50 us.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import ssl
 import threading
 from collections.abc import Iterable, Mapping, Sized
+from contextlib import suppress
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import certifi
 import urllib3
@@ -206,6 +209,38 @@ def _root(exc: BaseException) -> BaseException:
             break
         exc = inner
     return exc
+
+
+def _bypasses_proxy(host: str) -> bool:
+    """True if ``NO_PROXY``/``no_proxy`` lists ``host`` (names, suffixes, ``*``; and, as
+    ``requests`` did, CIDR blocks for a host given as an IP address)."""
+    if proxy_bypass(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    entries = (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(",")
+    for entry in entries:
+        with suppress(ValueError):
+            if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+    return False
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy for ``url`` from the environment (``HTTPS_PROXY``/``HTTP_PROXY``/
+    ``ALL_PROXY``, less ``NO_PROXY``), as ``requests`` reads it; None for none."""
+    parts = urlsplit(url)
+    if _bypasses_proxy(parts.hostname or ""):
+        return None
+    proxies = getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all") or None
+
+
+def environment_ca_bundle() -> str | None:
+    """The CA bundle named by ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, or None (certifi's)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
 class HttpPool:

@@ -159,6 +159,43 @@ class Settings(BaseSettings):
         description="Callback retry schedule, s, comma-separated.",
     )
 
+    # --- File inputs and the output archive --------------------------------------
+    file_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Largest file input read from a URL or an object store, bytes.",
+    )
+    file_fetch_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Total deadline of one https:// file input's download (and its upload), s.",
+    )
+    file_url_allow_private: bool = Field(
+        default=False, description="Allow https:// file inputs from loopback/private addresses."
+    )
+    file_url_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts/CIDRs that https:// file inputs may come from despite the SSRF guard.",
+    )
+    file_url_ca_bundle: str = Field(
+        default="",
+        description=(
+            "CA bundle (file or directory) for https:// file inputs "
+            "('' = REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, else the system's)."
+        ),
+    )
+    archive_url: str = Field(
+        default="",
+        description=(
+            "Copy every document of a completed run here: s3://bucket/prefix/, "
+            "file:///path/ or any fsspec URL ('' = no archive)."
+        ),
+    )
+    archive_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [2.0, 10.0, 30.0],
+        description="Delays between archive copy attempts, s, comma-separated.",
+    )
+
     # --- Reliability ----------------------------------------------------------
     sweep_interval: float = Field(default=30.0, gt=0, description="Sweeper period (beat), s.")
     sweep_grace: float = Field(
@@ -214,17 +251,19 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Worker/beat heartbeat period (health probes), s."
     )
 
-    @field_validator("document_output_types", "callback_allow_hosts", mode="before")
+    @field_validator(
+        "document_output_types", "callback_allow_hosts", "file_url_allow_hosts", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         return _parse_str_list(value)
 
-    @field_validator("callback_retry_delays", mode="before")
+    @field_validator("callback_retry_delays", "archive_retry_delays", mode="before")
     @classmethod
     def _split_delays(cls, value: Any) -> Any:
         return _parse_float_list(value)
 
-    @field_validator("callback_retry_delays")
+    @field_validator("callback_retry_delays", "archive_retry_delays")
     @classmethod
     def _delays_non_negative(cls, value: list[float]) -> list[float]:
         if not value or any(d < 0 for d in value):
@@ -249,6 +288,13 @@ class Settings(BaseSettings):
                 raise ValueError("each secret must start with 'whsec_'")
         return value
 
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_url(cls, value: str) -> str:
+        if value and "://" not in value:
+            raise ValueError("must be a URL such as s3://bucket/prefix/ or file:///var/lib/hatz/")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -268,6 +314,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}REDIS_SENTINEL_MASTER is required with a sentinel:// "
                 f"{ENV_PREFIX}REDIS_URL (the name the sentinels monitor)"
+            )
+        if self.archive_retry_delays and max(self.archive_retry_delays) > self.max_countdown():
+            raise ValueError(
+                f"{ENV_PREFIX}ARCHIVE_RETRY_DELAYS: each delay must be at most half of "
+                f"{ENV_PREFIX}VISIBILITY_TIMEOUT ({self.max_countdown():.0f} s)"
             )
         if self.longest_countdown() * 2 > self.visibility_timeout:
             raise ValueError(

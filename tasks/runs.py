@@ -7,6 +7,7 @@ from typing import Any
 from worker import task_names
 from worker.api.runs import enqueue_run
 from worker.context import get_context
+from worker.runs.archive import archive_step
 from worker.runs.poll import poll_step
 from worker.runs.submit import submit_step
 from worker.runs.task_guard import run_step
@@ -47,3 +48,9 @@ def poll(run_id: str, token: int, hint: list[Any] | None = None) -> None:
     them (:func:`worker.runs.poll_hints.poll_hint`); messages without one still work.
     """
     publish(run_step(poll_step, run_id, token, hint, task=task_names.POLL), app)
+
+
+@app.task(name=task_names.ARCHIVE)  # type: ignore[untyped-decorator]
+def archive_documents(run_id: str, token: int) -> None:
+    """Copy a completed run's documents to ``HATZ_ARCHIVE_URL``, then send its callback."""
+    publish(run_step(archive_step, run_id, token, task=task_names.ARCHIVE), app)

@@ -153,6 +153,35 @@ class ScheduleError(HatzError):
     """Raised when a schedule declaration is invalid or a schedule name is unknown."""
 
 
+class FileSourceError(HatzError):
+    """Raised when a file input cannot be read: a missing object or path, a refused or
+    failing URL, more bytes than ``HATZ_FILE_MAX_BYTES``, or past ``HATZ_FILE_FETCH_TIMEOUT``.
+
+    Never a Hatz API failure: an upload that meets it is not retried as one.
+    ``transient`` is True when trying again later may succeed (a timeout, a store
+    that did not answer), False when the input itself is wrong.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class ArchiveError(HatzError):
+    """Raised when a document cannot be copied into ``HATZ_ARCHIVE_URL``.
+
+    The copy is retried with backoff; it never fails the run.
+    """
+
+
+class UnsafeFileURLError(InvalidRunError):
+    """Raised when an ``https://`` file input is refused by the SSRF guard."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__([f"file URL for input {name!r} refused: {reason}"])
+        self.reason = reason
+
+
 class UnsafeCallbackURLError(InvalidRunError):
     """Raised when a callback URL is refused by the SSRF guard."""
 

@@ -16,6 +16,7 @@ BATCH_TICK = "hatz.batch_tick"
 BATCH_SWEEP = "hatz.batch_sweep"
 DELIVER_BATCH_CALLBACK = "hatz.deliver_batch_callback"
 FIRE_SCHEDULE = "hatz.fire_schedule"
+ARCHIVE = "hatz.archive_documents"
 
 QUEUE_DEFAULT = "hatz.default"
 QUEUE_SUBMIT = "hatz.submit"
@@ -35,4 +36,6 @@ ROUTES = {
     BATCH_SWEEP: QUEUE_DEFAULT,
     DELIVER_BATCH_CALLBACK: QUEUE_CALLBACK,
     FIRE_SCHEDULE: QUEUE_DEFAULT,
+    # Copying documents is slow I/O that comes right before the callback: beside it.
+    ARCHIVE: QUEUE_CALLBACK,
 }

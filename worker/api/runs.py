@@ -18,6 +18,8 @@ from celery import Celery
 from worker import task_names
 from worker.context import Context, get_context
 from worker.errors import InvalidRunError
+from worker.files.sources import check_urls
+from worker.files.sources import upload_here as upload_here_now
 from worker.runs.cancel import cancel
 from worker.runs.request import check_request
 from worker.runs.submit import submit_hint
@@ -37,13 +39,19 @@ def enqueue_run(
     idempotency_key: str | None = None,
     events: Iterable[str] | None = None,
     timeout: float | None = None,
+    upload_here: bool = False,
     context: Context | None = None,
     celery: Celery | None = None,
 ) -> str:
     """Record a run in the ledger and queue it; return its ``run_id``.
 
-    ``files`` maps a ``file_upload`` input to a local path the worker can read;
-    it is uploaded and replaced by its ``file_uuid``. With ``idempotency_key``,
+    ``files`` maps a ``file_upload`` input to a local path, an ``https://`` URL or
+    an object-store URL (``s3://``, ``gs://``, ``az://``, …); it is uploaded and
+    replaced by its ``file_uuid``. By default a worker reads and uploads it (a
+    path must then exist on the worker's host); with ``upload_here=True`` this
+    process uploads every file before the run is recorded, so the worker needs
+    no access to them (an unreadable one raises :class:`InvalidRunError`, a Hatz
+    API failure the client's :class:`HatzError`). With ``idempotency_key``,
     the same key and parameters return the same run (no second paid run); the
     same key with other parameters raises :class:`IdempotencyConflictError`.
     ``timeout`` (seconds) overrides ``HATZ_RUN_TIMEOUT`` for this run.
@@ -55,6 +63,7 @@ def enqueue_run(
     clean_inputs, clean_files, problems = check_request(
         app_id, inputs or {}, files or {}, metadata, event_list
     )
+    problems += check_urls(clean_files, ctx.settings)
     if callback_url:
         try:
             check_callback_url(callback_url, ctx.settings)
@@ -74,10 +83,15 @@ def enqueue_run(
         "events": event_list,
         "run_timeout": timeout,
     }
+    # The fingerprint is of the request as made (paths, URLs), not of upload ids.
+    params_fingerprint = fingerprint(params)
+    if upload_here and clean_files:
+        uploaded = upload_here_now(ctx.client, clean_files, ctx.settings, scope_id=app_id)
+        params = {**params, "inputs": {**clean_inputs, **uploaded}, "files": {}}
     run_id, created = ctx.ledger.create(
         params,
         idempotency_key=idempotency_key,
-        params_fingerprint=fingerprint(params),
+        params_fingerprint=params_fingerprint,
     )
     if created:
         from worker.taskqueue.app import publish

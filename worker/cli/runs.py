@@ -75,8 +75,17 @@ def _document_rows(run: Run, now: float) -> list[tuple[str, str]]:
             left = float(expires) - now
             when = f"  (link expires in {duration(left)})" if left > 0 else "  (link expired)"
         rows.append(("documents" if i == 0 else "", f"{step_id}: {url}{when}"))
+        archived = doc.get("archive") if isinstance(doc, dict) else None
+        if isinstance(archived, dict):
+            size, digest = archived.get("size"), str(archived.get("sha256") or "")[:16]
+            rows.append(
+                ("", f"  archived: {archived.get('url')}  ({size} bytes, sha256 {digest}…)")
+            )
     if not documents and run.state is RunState.COMPLETED:
         rows.append(("documents", "none"))
+    if run.get("archive_state"):
+        error = f"  error: {run['archive_error']}" if run.get("archive_error") else ""
+        rows.append(("archive", f"{run['archive_state']}{error}"))
     return rows
 
 
@@ -174,8 +183,13 @@ def wait_and_report(
     "--file",
     "files",
     multiple=True,
-    metavar="KEY=PATH",
-    help="a file_upload input (uploaded)",
+    metavar="KEY=PATH|URL",
+    help="a file_upload input: a path, an https:// URL or s3://, gs://, az:// (uploaded)",
+)
+@click.option(
+    "--upload-here",
+    is_flag=True,
+    help="upload the files from this process now (the worker then needs no access to them)",
 )
 @click.option("--draft", is_flag=True, help="run the app's draft version")
 @click.option("--callback-url", metavar="URL", help="POST a signed event here when done")
@@ -197,6 +211,7 @@ def run_command(
     app_id: str,
     inputs: tuple[str, ...],
     files: tuple[str, ...],
+    upload_here: bool,
     draft: bool,
     callback_url: str | None,
     events: tuple[str, ...],
@@ -221,6 +236,7 @@ def run_command(
         is_draft_app=draft,
         idempotency_key=idempotency_key,
         events=list(events) or None,
+        upload_here=upload_here,
         context=rt.context,
         celery=rt.celery,
     )

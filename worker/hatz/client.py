@@ -19,6 +19,7 @@ Retry rule (there is no idempotency key in the Hatz API):
 
 from __future__ import annotations
 
+import itertools
 import json as jsonlib
 import logging
 import mimetypes
@@ -27,15 +28,19 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from config import Settings
 from worker.errors import (
     CREDIT_OVERAGE_TEXT,
+    FileSourceError,
     HatzAPIError,
     HatzAuthError,
     HatzConnectError,
@@ -150,6 +155,14 @@ def error_from_response(response: Response, method: str, path: str) -> HatzAPIEr
     return cls(status, detail, method=method, path=path, retry_after=retry_after)
 
 
+def _mapped(chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
+    """``chunks``, a transport failure raised as :class:`HatzTransportError`."""
+    try:
+        yield from chunks
+    except (TransportError, OSError) as exc:
+        raise _transport_error(exc, "GET", where) from None
+
+
 def _transport_error(exc: Exception, method: str, path: str) -> HatzError:
     """Map a transport failure onto whether the request may have reached the server."""
     where = f"{method} {path}"
@@ -163,22 +176,54 @@ def _transport_error(exc: Exception, method: str, path: str) -> HatzError:
     return HatzTransportError(f"connection lost: {type(inner).__name__} ({where})")
 
 
-class _MultipartFile:
-    """A multipart/form-data body that streams one file from disk.
+class UploadSource(Protocol):
+    """A file to upload from anywhere: a name, an exact size, and its bytes in chunks.
 
-    It has a ``__len__``, so it is sent with a Content-Length instead of chunked
-    encoding, and it never holds more than one chunk of the file in memory.
+    ``chunks()`` reads the whole file afresh on every call (a retried upload calls
+    it again) and raises :class:`~worker.errors.FileSourceError` when it cannot.
     """
 
-    def __init__(self, path: Path, fields: Mapping[str, str]) -> None:
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+class _PathSource:
+    """A local file as an :class:`UploadSource`."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
+        self.name = path.name
+        self.size = path.stat().st_size
+
+    def chunks(self) -> Iterator[bytes]:
+        with self.path.open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+
+
+class _MultipartFile:
+    """A multipart/form-data body that streams one file from its source.
+
+    It has a ``__len__``, so it is sent with a Content-Length instead of chunked
+    encoding, and it never holds more than one chunk of the file in memory. A
+    source that yields another number of bytes than its size stops the upload
+    (:class:`~worker.errors.FileSourceError`) rather than send a broken body.
+    """
+
+    def __init__(self, source: UploadSource, fields: Mapping[str, str]) -> None:
+        self.source = source
         self.boundary = uuid.uuid4().hex
-        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        ctype = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
         head = "".join(
             f'--{self.boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
             for k, v in fields.items()
         )
-        filename = path.name.replace('"', "_")
+        filename = "".join(c if c.isprintable() and c not in '"\\' else "_" for c in source.name)
         head += (
             f"--{self.boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
@@ -186,7 +231,7 @@ class _MultipartFile:
         )
         self._head = head.encode()
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._size = path.stat().st_size
+        self._size = source.size
 
     @property
     def content_type(self) -> str:
@@ -198,10 +243,38 @@ class _MultipartFile:
 
     def __iter__(self) -> Iterator[bytes]:
         yield self._head
-        with self.path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                yield chunk
+        sent = 0
+        for chunk in self.source.chunks():
+            sent += len(chunk)
+            if sent > self._size:
+                break
+            yield chunk
+        if sent != self._size:
+            raise FileSourceError(
+                f"{self.source.name}: read {sent} bytes where {self._size} were announced"
+            )
         yield self._tail
+
+
+@dataclass(frozen=True)
+class Download:
+    """A document behind a presigned URL, being read: its name, size and bytes in chunks."""
+
+    filename: str
+    size: int | None
+    content_type: str
+    chunks: Iterator[bytes]
+
+
+def _download_name(url: str, disposition: str | None) -> str:
+    """The document's file name: the answer's Content-Disposition, else the URL's last part."""
+    if disposition:
+        message = Message()
+        message["content-disposition"] = disposition
+        name = message.get_filename()
+        if name:
+            return name
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "document"
 
 
 class HatzClient:
@@ -240,6 +313,8 @@ class HatzClient:
         # HatzError, which is never retried here since nothing was sent.
         self._before_request = before_request
         self._pool = pool or _pool_for(self.base_url, connect_timeout, read_timeout)
+        # Presigned documents live elsewhere (object storage): pools of their own, per proxy.
+        self._download_pools: dict[str | None, HttpPool] = {}
 
     @classmethod
     def from_settings(
@@ -268,6 +343,20 @@ class HatzClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._pool.clear()
+        for pool in self._download_pools.values():
+            pool.clear()
+
+    def _downloads(self, url: str) -> HttpPool:
+        """The pool that fetches ``url`` (a presigned document), through its proxy if any."""
+        proxy = environment_proxy(url)
+        pool = self._download_pools.get(proxy)
+        if pool is None:
+            connect, read = self.timeout
+            pool = HttpPool(
+                connect, read, maxsize=4, proxy=proxy, ca_bundle=environment_ca_bundle()
+            )
+            self._download_pools[proxy] = pool
+        return pool
 
     def __enter__(self) -> HatzClient:
         return self
@@ -393,10 +482,20 @@ class HatzClient:
         file_path = Path(path)
         if not file_path.is_file():
             raise FileNotFoundError(f"not a readable file: {file_path}")
+        return self.upload_source(_PathSource(file_path), scope_type=scope_type, scope_id=scope_id)
+
+    def upload_source(
+        self, source: UploadSource, *, scope_type: str = "workflow", scope_id: str = ""
+    ) -> UploadedFile:
+        """``POST /files/upload``: stream a file from any :class:`UploadSource`.
+
+        A retry reads the source again. :class:`~worker.errors.FileSourceError`
+        from the source is raised as it is (never retried here).
+        """
         fields = {"scope_type": scope_type, "scope_id": scope_id} if scope_id else {}
 
         def body() -> tuple[Iterable[bytes], str]:
-            multipart = _MultipartFile(file_path, fields)
+            multipart = _MultipartFile(source, fields)
             return multipart, multipart.content_type
 
         data = self._request("POST", "/files/upload", body=body, idempotent=True)
@@ -420,6 +519,31 @@ class HatzClient:
         payload = {"job_id": job_id, "step_id": step_id, "expires_in": expires_in}
         data = self._request("POST", "/workflows/presigned-url", json=payload, idempotent=True)
         return self._parse(PresignedURL, data, "POST /workflows/presigned-url")
+
+    @contextmanager
+    def open_document(self, url: str) -> Iterator[Download]:
+        """``GET`` a presigned document URL (no API key: it is signed); yield its bytes.
+
+        Raises a typed :class:`HatzError` when the download is refused (an expired
+        URL answers 403) or fails; the chunks raise :class:`HatzTransportError`
+        when the body breaks off.
+        """
+        where = urlsplit(url)._replace(query="", fragment="").geturl()
+        try:
+            with self._downloads(url).stream(url, headers={"User-Agent": USER_AGENT}) as answer:
+                if not 200 <= answer.status < 300:
+                    excerpt = b"".join(itertools.islice(answer.chunks, 4))[:2048]
+                    failed = Response(answer.status, answer.reason, answer.headers, excerpt)
+                    raise error_from_response(failed, "GET", where)
+                length = answer.headers.get("Content-Length")
+                yield Download(
+                    filename=_download_name(url, answer.headers.get("Content-Disposition")),
+                    size=int(length) if length and length.isdigit() else None,
+                    content_type=answer.headers.get("Content-Type") or "application/octet-stream",
+                    chunks=_mapped(answer.chunks, where),
+                )
+        except (TransportError, OSError) as exc:
+            raise _transport_error(exc, "GET", where) from None
 
     # --- App Builder --------------------------------------------------------------
 

@@ -23,6 +23,8 @@ rule, and the Hatz API never redirects.
   http targets (urllib3's ``ProxyManager``).
 * Bodies are bytes or a sized iterable of bytes, always sent with a
   Content-Length, never chunked.
+* :meth:`HttpPool.stream` reads an answer in chunks instead (a document
+  behind a presigned URL, copied to the archive without holding it whole).
 * After a fork (Celery's prefork pool) the child drops the connections it
   inherited and opens its own (urllib3 does not notice a fork).
 
@@ -42,8 +44,8 @@ import ipaddress
 import os
 import ssl
 import threading
-from collections.abc import Iterable, Mapping, Sized
-from contextlib import suppress
+from collections.abc import Iterable, Iterator, Mapping, Sized
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -122,6 +124,16 @@ class Response:
         for name, value in (headers or {}).items():
             message[name] = value
         return cls(status, reason, message, data)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedResponse:
+    """An answer whose body is read as it is consumed (:meth:`HttpPool.stream`)."""
+
+    status: int
+    reason: str
+    headers: Message
+    chunks: Iterator[bytes]
 
 
 class _NotConnected(Exception):
@@ -238,6 +250,19 @@ def environment_proxy(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all") or None
 
 
+def _message(answer: Any) -> Message:
+    """An answer's header block as http.client parsed it.
+
+    urllib3 keeps it (an email Message, in arrival order, as requests reads it for
+    cookies) on the original response; its own HTTPHeaderDict is a copy.
+    """
+    original = getattr(answer, "_original_response", None)
+    message = getattr(original, "msg", None)
+    if not isinstance(message, Message):
+        message = Response.build(0, b"", answer.headers).headers
+    return message
+
+
 def environment_ca_bundle() -> str | None:
     """The CA bundle named by ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, or None (certifi's)."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
@@ -291,17 +316,7 @@ class HttpPool:
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         """Send one request and read the whole answer (any status); raise a TransportError."""
-        parts = urlsplit(url)
-        scheme = parts.scheme
-        host = parts.hostname
-        if scheme not in _DEFAULT_PORTS or not host:
-            raise ValueError(f"not an http(s) URL with a host (scheme {scheme!r})")
-        origin = (scheme, host, parts.port or _DEFAULT_PORTS[scheme])
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        if self._proxy is not None and scheme == "http":
-            target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+        origin, target = self._split(url)
         headers = self._framed(method, body, headers or {})
         pool = self._pool(origin)
         try:
@@ -320,14 +335,50 @@ class HttpPool:
             if failure is None:
                 raise
             raise failure from _root(exc)
-        # urllib3 keeps the header block http.client parsed (an email Message, in
-        # arrival order, as requests reads it for cookies) on the original response;
-        # its own HTTPHeaderDict is a copy.
-        original = getattr(answer, "_original_response", None)
-        message = getattr(original, "msg", None)
-        if not isinstance(message, Message):
-            message = Response.build(0, b"", answer.headers).headers
-        return Response(answer.status, answer.reason or "", message, answer.data)
+        return Response(answer.status, answer.reason or "", _message(answer), answer.data)
+
+    @contextmanager
+    def stream(
+        self, url: str, *, headers: Mapping[str, str] | None = None, chunk_size: int = 256 * 1024
+    ) -> Iterator[StreamedResponse]:
+        """``GET url``; yield the answer (any status) with its body read in chunks.
+
+        Raises a :class:`TransportError` when no answer arrived, and from the
+        chunks when the body breaks off.
+        """
+        origin, target = self._split(url)
+        try:
+            answer = self._pool(origin).urlopen(
+                "GET",
+                target,
+                headers=dict(headers or {}),
+                retries=_NO_RETRY,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+            )
+        except Exception as exc:
+            failure = self._failure(exc, origin)
+            if failure is None:
+                raise
+            raise failure from _root(exc)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from answer.stream(chunk_size, decode_content=False)
+            except Exception as exc:
+                failure = self._failure(exc, origin)
+                if failure is None:
+                    raise
+                raise failure from _root(exc)
+
+        try:
+            yield StreamedResponse(answer.status, answer.reason or "", _message(answer), chunks())
+        finally:
+            if not answer.closed:
+                answer.close()  # not read to the end: the connection cannot be reused
+            answer.release_conn()
 
     def clear(self) -> None:
         """Close the idle connections (ones in use are closed when they come back)."""
@@ -336,6 +387,21 @@ class HttpPool:
             self._manager.clear()
 
     # --- steps ------------------------------------------------------------------------
+
+    def _split(self, url: str) -> tuple[_Origin, str]:
+        """The origin a URL goes to and the request target sent to it."""
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        host = parts.hostname
+        if scheme not in _DEFAULT_PORTS or not host:
+            raise ValueError(f"not an http(s) URL with a host (scheme {scheme!r})")
+        origin = (scheme, host, parts.port or _DEFAULT_PORTS[scheme])
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        if self._proxy is not None and scheme == "http":
+            target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+        return origin, target
 
     @staticmethod
     def _framed(method: str, body: Body, headers: Mapping[str, str]) -> Mapping[str, str]:

@@ -54,6 +54,11 @@ def refresh_documents(ctx: Context, run: Run, *, margin: float = 300.0) -> Run:
         except HatzError as exc:
             log.warning("run %s: cannot renew the URL of step %s: %s", run.run_id, step_id, exc)
             continue
-        documents[step_id] = {"url": url.url, "expires_at": now + url.expires_in}
+        # Other keys (the archived copy) stay as they are.
+        documents[step_id] = {
+            **documents[step_id],
+            "url": url.url,
+            "expires_at": now + url.expires_in,
+        }
     ctx.ledger.cas(run.run_id, states=TERMINAL_STATES, fields={"documents": documents})
     return Run({**run, "documents": documents})

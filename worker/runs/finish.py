@@ -1,7 +1,9 @@
 """Ending a run: the compare-and-set to a terminal state and the follow-ups it owes.
 
 The follow-ups are the run's callback delivery (when its event filter wants
-this end) and its batch's tick (the run's concurrency slot is free).
+this end) and its batch's tick (the run's concurrency slot is free). A run that
+completes with documents while ``HATZ_ARCHIVE_URL`` is set copies them to the
+archive first (:mod:`worker.runs.archive`), which then sends the callback.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def end_run(
         changes["error"] = error[:MAX_ERROR_CHARS]
     if has_callback:
         changes["callback_state"] = "pending"
+    archiving = to is RunState.COMPLETED and bool(
+        ctx.settings.archive_url and changes.get("documents")
+    )
+    if archiving:
+        changes["archive_state"] = "pending"
     result = ctx.ledger.cas(
         run_id,
         states=states if states is not None else (PRE_SUBMIT_STATES | POLLING_STATES),
@@ -81,11 +88,15 @@ def end_run(
         fields=changes,
         # A run with a callback stays on the schedule until it is delivered, so the
         # sweeper can re-send a delivery whose task was lost.
-        next_at=ctx.clock() + _CALLBACK_GRACE if has_callback else None,
+        # So does a run whose documents are still to archive.
+        next_at=ctx.clock() + _CALLBACK_GRACE if has_callback or archiving else None,
     )
     if not result:
         return False, []
     log.info("run %s -> %s%s", run_id, to.value, f": {error}" if error else "")
+    if archiving:
+        archive = Next(task_names.ARCHIVE, (run_id, int(run.get("archive_token") or 0)))
+        return True, [archive, *_follow_ups(run_id, run, False)]
     return True, _follow_ups(run_id, run, has_callback)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from worker import task_names
 from worker.context import Context
 from worker.errors import (
+    FileSourceError,
     HatzAuthError,
     HatzConnectError,
     HatzCreditOverageError,
@@ -33,6 +34,7 @@ from worker.errors import (
     HatzTransportError,
     HatzValidationError,
 )
+from worker.files.sources import upload_input
 from worker.hatz.types import App, SubmittedJob
 from worker.limits import breaker
 from worker.ops import log_context
@@ -248,7 +250,12 @@ def _upload_files(
         if name in inputs:
             continue  # uploaded by an earlier attempt
         try:
-            uploaded = ctx.client.upload_file(path, scope_type="workflow", scope_id=run["app_id"])
+            uploaded = upload_input(ctx.client, path, ctx.settings, scope_id=run["app_id"])
+        except FileSourceError as exc:
+            if exc.transient:  # a store or server that may answer later
+                return _reschedule_submit(ctx, run, token, exc, inputs=inputs)
+            msg = f"cannot read file for input {name!r}: {exc}"
+            return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)
         except OSError as exc:
             msg = f"cannot read file for input {name!r}: {exc.strerror or exc}"
             return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)

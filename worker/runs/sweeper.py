@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from worker import task_names
 from worker.context import Context
+from worker.runs.archive import ACTIVE_ARCHIVE_STATES
 from worker.runs.finish import finish
 from worker.store.ledger import POLLING_STATES, PRE_SUBMIT_STATES, TERMINAL_STATES, Run, RunState
 from worker.store.outbox import Next
@@ -58,9 +59,7 @@ class SweepReport:
 def _rearm(
     ctx: Context, run_id: str, token: int, token_field: str, task: str, rearms: int
 ) -> list[Next]:
-    states = (
-        TERMINAL_STATES if token_field == "callback_token" else (PRE_SUBMIT_STATES | POLLING_STATES)
-    )
+    states = TERMINAL_STATES if token_field != "token" else (PRE_SUBMIT_STATES | POLLING_STATES)
     result = ctx.ledger.cas(
         run_id,
         states=states,
@@ -129,7 +128,11 @@ def _sweep_one(ctx: Context, run_id: str, cutoff: float, report: SweepReport) ->
         report.settled.append(run_id)
         return True
     if state.is_terminal:
-        if pending_callback:
+        if run.get("archive_state") in ACTIVE_ARCHIVE_STATES:
+            # Its archive copy was lost: copy again (the callback follows the archive).
+            token = int(run.get("archive_token") or 0)
+            steps = _rearm(ctx, run_id, token, "archive_token", task_names.ARCHIVE, rearms)
+        elif pending_callback:
             token = int(run.get("callback_token") or 0)
             steps = _rearm(
                 ctx, run_id, token, "callback_token", task_names.DELIVER_CALLBACK, rearms

@@ -92,6 +92,8 @@ _INT_FIELDS = frozenset(
         "number_of_steps",
         "callback_seq",
         "callback_token",
+        "archive_token",
+        "archive_attempts",
         "internal_errors",
         "sweeper_rearms",
     }

@@ -82,6 +82,8 @@ def build_event(run: Run, event: Event) -> dict[str, Any]:
                 if isinstance(doc, dict)
                 else None
             )
+            if document is not None and isinstance(doc, dict) and doc.get("archive"):
+                document["archive"] = doc["archive"]  # {url, sha256, size} (HATZ_ARCHIVE_URL)
             steps.append({**step, "document": document})
     if event.type == events.STARTED:
         status = RunState.RUNNING.value.lower()

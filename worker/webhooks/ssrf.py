@@ -14,6 +14,10 @@ and IPv4-compatible IPv6, and NAT64/6to4 embeddings of a refused IPv4 address.
 Always refused: schemes other than http(s), credentials in the URL, and IPv4
 addresses spelled in decimal, octal or hex (``http://2130706433/``), which
 resolvers read as addresses while humans and naive filters read them as names.
+
+The same guard checks ``https://`` file inputs (:mod:`worker.files`), with their
+own allowance (``HATZ_FILE_URL_ALLOW_PRIVATE``, ``HATZ_FILE_URL_ALLOW_HOSTS``):
+see :class:`Allowance`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ def system_resolver(host: str, port: int) -> list[str]:
         if address not in seen:
             seen.append(address)
     return seen
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What the guard lets through despite the refused ranges, and the settings that say so."""
+
+    private: bool
+    hosts: Sequence[str]
+    #: The settings' prefix, named in refusals (``HATZ_CALLBACK`` -> ``..._ALLOW_HOSTS``).
+    setting: str = "HATZ_CALLBACK"
+
+    @classmethod
+    def callbacks(cls, settings: Settings) -> Allowance:
+        """Callbacks' allowance: ``HATZ_CALLBACK_ALLOW_PRIVATE`` and ``..._ALLOW_HOSTS``."""
+        return cls(settings.callback_allow_private, settings.callback_allow_hosts)
+
+    @classmethod
+    def file_urls(cls, settings: Settings) -> Allowance:
+        """File inputs' allowance: ``HATZ_FILE_URL_ALLOW_PRIVATE`` and ``..._ALLOW_HOSTS``."""
+        return cls(settings.file_url_allow_private, settings.file_url_allow_hosts, "HATZ_FILE_URL")
 
 
 @dataclass(frozen=True)
@@ -173,10 +197,10 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def _allowed_by_settings(host: str, ip: IPAddress | None, settings: Settings) -> bool:
-    if settings.callback_allow_private:
+def _allowed_by_settings(host: str, ip: IPAddress | None, allow: Allowance) -> bool:
+    if allow.private:
         return True
-    for entry in settings.callback_allow_hosts:
+    for entry in allow.hosts:
         try:
             network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
@@ -188,15 +212,15 @@ def _allowed_by_settings(host: str, ip: IPAddress | None, settings: Settings) ->
     return False
 
 
-def _check_address(host: str, ip: IPAddress, settings: Settings, *, resolved: bool) -> None:
-    if _allowed_by_settings(host, ip, settings):
+def _check_address(host: str, ip: IPAddress, allow: Allowance, *, resolved: bool) -> None:
+    if _allowed_by_settings(host, ip, allow):
         return
     reason = blocked_reason(ip)
     if reason is None:
         return
     where = f"host {host!r} resolves to {ip}" if resolved else f"address {ip}"
     raise UnsafeCallbackURLError(
-        f"{where}, a {reason} (set HATZ_CALLBACK_ALLOW_HOSTS or HATZ_CALLBACK_ALLOW_PRIVATE "
+        f"{where}, a {reason} (set {allow.setting}_ALLOW_HOSTS or {allow.setting}_ALLOW_PRIVATE "
         "to allow it)"
     )
 
@@ -228,13 +252,18 @@ def check_callback_url(url: str, settings: Settings) -> None:
 
     Raises :class:`UnsafeCallbackURLError` with the reason.
     """
+    check_url(url, Allowance.callbacks(settings))
+
+
+def check_url(url: str, allow: Allowance) -> None:
+    """:func:`check_callback_url` under any :class:`Allowance`."""
     _, host, _, _ = _split(url)
     ip = parse_host(host)
     if ip is not None:
-        _check_address(host, ip, settings, resolved=False)
+        _check_address(host, ip, allow, resolved=False)
     elif host in _LOCAL_NAMES or host.endswith(".localhost"):
         # Always loopback (RFC 6761); refuse early rather than at the first delivery.
-        _check_address(host, ipaddress.IPv4Address("127.0.0.1"), settings, resolved=True)
+        _check_address(host, ipaddress.IPv4Address("127.0.0.1"), allow, resolved=True)
 
 
 def resolve_callback_url(url: str, settings: Settings, resolver: Resolver | None = None) -> Target:
@@ -245,7 +274,12 @@ def resolve_callback_url(url: str, settings: Settings, resolver: Resolver | None
     :class:`UnsafeCallbackURLError` when refused; ``OSError`` (e.g.
     ``socket.gaierror``) when the name does not resolve.
     """
-    check_callback_url(url, settings)
+    return resolve_url(url, Allowance.callbacks(settings), resolver)
+
+
+def resolve_url(url: str, allow: Allowance, resolver: Resolver | None = None) -> Target:
+    """:func:`resolve_callback_url` under any :class:`Allowance`."""
+    check_url(url, allow)
     scheme, host, port, path = _split(url)
     literal = parse_host(host)
     if literal is not None:
@@ -257,5 +291,5 @@ def resolve_callback_url(url: str, settings: Settings, resolver: Resolver | None
     # Every address must pass, not just the one we pick: a name that resolves to
     # both a public and an internal address is an attack, not a misconfiguration.
     for ip in parsed:
-        _check_address(host, ip, settings, resolved=True)
+        _check_address(host, ip, allow, resolved=True)
     return Target(scheme, host, port, path, str(parsed[0]))

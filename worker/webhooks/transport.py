@@ -1,4 +1,4 @@
-"""One webhook POST to a pinned address, with a real total deadline, over urllib3.
+"""One webhook POST (or one streamed GET) to a pinned address, with a real total deadline.
 
 A plain ``requests``/``PoolManager`` call resolves names itself, reads proxy
 variables and only bounds each socket operation, so a receiver that answers one
@@ -10,6 +10,10 @@ SNI/certificate check use the URL's host name, redirects are never followed
 (a connection does not), no proxy is ever used, and a timer shuts the socket
 down when the total deadline passes, whatever the receiver does. At most
 :data:`MAX_BODY_READ` bytes of the answer are read.
+
+:func:`get_stream` is the same exchange for a download (``https://`` file
+inputs, :mod:`worker.files`): a ``GET`` whose body is read in chunks under the
+same deadline, so a slow or endless server never holds a worker past it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import urllib3
@@ -132,6 +136,105 @@ def _failure(exc: BaseException, expired: bool, total_timeout: float) -> Deliver
     return None
 
 
+class _Deadline:
+    """A timer that shuts a connection's socket down when the total deadline passes."""
+
+    def __init__(self, conn: HTTPConnection, total_timeout: float) -> None:
+        self.conn = conn
+        self.total_timeout = total_timeout
+        self.at = time.monotonic() + total_timeout
+        self.expired = threading.Event()
+        self._timer = threading.Timer(total_timeout, self._abort)
+        self._timer.daemon = True
+
+    def _abort(self) -> None:
+        self.expired.set()
+        # The base-class shutdown also works on an SSLSocket, from another thread,
+        # and wakes a recv blocked on a server that trickles bytes (or a handshake).
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def left(self) -> float:
+        """Seconds until the deadline (at least a millisecond: a socket timeout of 0 blocks)."""
+        return max(0.001, self.at - time.monotonic())
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.conn.close()
+
+    def failure(self, exc: Exception) -> DeliveryError | None:
+        """The :class:`DeliveryError` for ``exc`` raised during the exchange, or None."""
+        return _failure(exc, self.expired.is_set(), self.total_timeout)
+
+
+@dataclass(frozen=True)
+class StreamedResponse:
+    """A download's answer: status, lower-cased headers, and its body in chunks."""
+
+    status: int
+    headers: Mapping[str, str]
+    chunks: Iterator[bytes]
+
+
+@contextlib.contextmanager
+def get_stream(
+    target: Target,
+    headers: Mapping[str, str],
+    *,
+    connect_timeout: float,
+    total_timeout: float,
+    chunk_size: int = 256 * 1024,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Iterator[StreamedResponse]:
+    """GET ``target`` and yield its answer, the body read in chunks as it is consumed.
+
+    The whole exchange, reading the body included, ends within ``total_timeout``
+    seconds of the call; past it, reading raises :class:`DeliveryError` (``"timeout"``),
+    as does any failure to connect or read.
+    """
+    conn = _connection(target, min(connect_timeout, total_timeout), ssl_context)
+    with _Deadline(conn, total_timeout) as deadline:
+        try:
+            _connect(conn, min(connect_timeout, total_timeout))
+            conn.timeout = deadline.left()
+            conn.request(
+                "GET",
+                target.path,
+                headers=_headers(target, headers),
+                preload_content=False,
+                decode_content=False,  # the bytes as served (we ask for no encoding)
+            )
+            conn.timeout = deadline.left()
+            answer = conn.getresponse()
+        except Exception as exc:
+            failure = deadline.failure(exc)
+            if failure is None or failure is exc:
+                raise
+            raise failure from None
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while chunk := answer.read(chunk_size):
+                    yield chunk
+                if deadline.expired.is_set():
+                    raise DeliveryError("timeout", f"no complete answer within {total_timeout:g} s")
+            except Exception as exc:
+                failure = deadline.failure(exc)
+                if failure is None or failure is exc:
+                    raise
+                raise failure from None
+
+        yield StreamedResponse(
+            answer.status, {k.lower(): v for k, v in answer.headers.items()}, chunks()
+        )
+
+
 def post(
     target: Target,
     body: bytes,
@@ -147,46 +250,30 @@ def post(
     ends within ``total_timeout`` seconds. ``ssl_context`` defaults to the
     system trust store with hostname checking (tests pass their own CA).
     """
-    deadline = time.monotonic() + total_timeout
     conn = _connection(target, min(connect_timeout, total_timeout), ssl_context)
-    expired = threading.Event()
-
-    def abort() -> None:
-        expired.set()
-        # The base-class shutdown also works on an SSLSocket, from another thread,
-        # and wakes a recv blocked on a receiver that trickles bytes (or a handshake).
-        sock = conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    timer = threading.Timer(total_timeout, abort)
-    timer.daemon = True
-    timer.start()
-    try:
-        _connect(conn, min(connect_timeout, total_timeout))
-        conn.timeout = max(0.001, deadline - time.monotonic())
-        conn.request(
-            "POST",
-            target.path,
-            body=body,
-            headers=_headers(target, headers),
-            preload_content=False,
-            decode_content=False,
-            # A short body is returned as it is (an excerpt), not an error.
-            enforce_content_length=False,
-        )
-        conn.timeout = max(0.001, deadline - time.monotonic())
-        answer = conn.getresponse()
-        excerpt = answer.read(MAX_BODY_READ)
-        if expired.is_set():
-            raise DeliveryError("timeout", f"no complete answer within {total_timeout:g} s")
-        return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, excerpt)
-    except Exception as exc:
-        failure = _failure(exc, expired.is_set(), total_timeout)
-        if failure is None or failure is exc:
-            raise
-        raise failure from None
-    finally:
-        timer.cancel()
-        conn.close()
+    with _Deadline(conn, total_timeout) as deadline:
+        try:
+            _connect(conn, min(connect_timeout, total_timeout))
+            conn.timeout = deadline.left()
+            conn.request(
+                "POST",
+                target.path,
+                body=body,
+                headers=_headers(target, headers),
+                preload_content=False,
+                decode_content=False,
+                # A short body is returned as it is (an excerpt), not an error.
+                enforce_content_length=False,
+            )
+            conn.timeout = deadline.left()
+            answer = conn.getresponse()
+            excerpt = answer.read(MAX_BODY_READ)
+            if deadline.expired.is_set():
+                raise DeliveryError("timeout", f"no complete answer within {total_timeout:g} s")
+            headers_out = {k.lower(): v for k, v in answer.headers.items()}
+            return Response(answer.status, headers_out, excerpt)
+        except Exception as exc:
+            failure = deadline.failure(exc)
+            if failure is None or failure is exc:
+                raise
+            raise failure from None

@@ -78,7 +78,11 @@ class HttpsSource:
         self._stack = contextlib.ExitStack()
         self._pending: Iterator[bytes] | None = None
         self._spool: IO[bytes] | None = None
-        self.size = self._start()
+        try:
+            self.size = self._start()
+        except BaseException:
+            self._stack.close()
+            raise
 
     def __enter__(self) -> HttpsSource:
         return self

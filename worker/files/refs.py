@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import fsspec
+from fsspec.registry import known_implementations
 
 #: Object-store protocols refused as inputs: they would read this machine or run code.
 _NOT_STORES = frozenset(
@@ -84,7 +84,7 @@ def check_url_form(name: str, ref: str) -> list[str]:
         return [f"{where} is malformed ({exc})"]
     if scheme == "https":
         return [] if parts.hostname else [f"{where} has no host: {display(ref)}"]
-    if scheme in _NOT_STORES or scheme not in fsspec.registry.known_implementations:
+    if scheme in _NOT_STORES or scheme not in known_implementations:
         return [
             f"{where} has an unsupported scheme {scheme!r} "
             "(a local path, https://, or an object store such as s3://, gs://, az://)"

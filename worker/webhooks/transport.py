@@ -220,7 +220,18 @@ def get_stream(
 
         def chunks() -> Iterator[bytes]:
             try:
-                while chunk := answer.read(chunk_size):
+                while True:
+                    # Checked between reads too: a server that trickles bytes keeps each
+                    # read short, and a TLS read may not wake on the timer's shutdown.
+                    if deadline.expired.is_set():
+                        raise DeliveryError(
+                            "timeout", f"no complete answer within {total_timeout:g} s"
+                        )
+                    if conn.sock is not None:
+                        conn.sock.settimeout(deadline.left())
+                    chunk = answer.read1(chunk_size)
+                    if not chunk:
+                        break
                     yield chunk
                 if deadline.expired.is_set():
                     raise DeliveryError("timeout", f"no complete answer within {total_timeout:g} s")
@@ -230,9 +241,12 @@ def get_stream(
                     raise
                 raise failure from None
 
-        yield StreamedResponse(
-            answer.status, {k.lower(): v for k, v in answer.headers.items()}, chunks()
-        )
+        try:
+            yield StreamedResponse(
+                answer.status, {k.lower(): v for k, v in answer.headers.items()}, chunks()
+            )
+        finally:
+            answer.close()  # its file object holds the socket open past conn.close()
 
 
 def post(

@@ -15,6 +15,7 @@ import pytest
 from config import Settings
 from tests.conftest import make_settings
 from tests.file_servers import HttpsFiles
+from worker.batches.sources import read_source
 from worker.errors import ArchiveError, FileSourceError
 from worker.fake_hatz import REPORT_SUMMARIZER_ID, FakeHatz, ManualClock, seed_default_apps
 from worker.files.archive import archive_key, copy_document, read_archived
@@ -293,3 +294,16 @@ def test_archive_keys_are_run_step_and_a_safe_file_name() -> None:
     assert archive_key("r-1", "s-2", "Q3 report.pdf") == "r-1/s-2/Q3_report.pdf"
     assert archive_key("r-1", "s-2", "../../etc/passwd") == "r-1/s-2/etc_passwd"
     assert archive_key("r-1", "s-2", "..") == "r-1/s-2/document"
+
+
+def test_a_batch_row_may_name_its_file_by_url(tmp_path: Path) -> None:
+    source = tmp_path / "rows.csv"
+    source.write_text("topic,doc\ntides,s3://bucket/in/tides.pdf\nmoons,https://x.example/m.pdf\n")
+
+    rows, bad = read_source(source, file_input="doc")
+
+    assert bad == []
+    assert [r.files for r in rows] == [
+        {"doc": "s3://bucket/in/tides.pdf"},
+        {"doc": "https://x.example/m.pdf"},
+    ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import InvalidBatchError
+from worker.files.refs import RefKind, kind_of
 from worker.hatz.types import App
 from worker.runs.inputs import validate_inputs
 from worker.runs.request import check_request
@@ -66,7 +67,7 @@ def read_source(
 
     ``inputs`` are fixed values for every row (a row's own value wins). With
     ``file_input``, that column (CSV/JSONL) holds a local path, relative to the
-    source file's folder, to upload.
+    source file's folder, or a URL (``https://``, ``s3://``, …), to upload.
     """
     fixed = dict(inputs or {})
     if source is None:
@@ -148,8 +149,11 @@ def _row_from_mapping(
         if value is None or value == "":
             continue  # an empty cell leaves an optional input unset
         if key == file_input:
-            path = Path(str(value)).expanduser()
-            files[key] = str(path if path.is_absolute() else base_dir / path)
+            if kind_of(str(value)) is not RefKind.LOCAL:
+                files[key] = str(value)  # https://, s3://, …: read when uploaded
+            else:
+                path = Path(str(value)).expanduser()
+                files[key] = str(path if path.is_absolute() else base_dir / path)
             inputs.pop(key, None)
         else:
             inputs[key] = value

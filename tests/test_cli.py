@@ -160,6 +160,33 @@ def test_run_missing_file_names_the_path(cli: Cli, ctx: Context) -> None:
     assert ctx.ledger.run_ids() == []
 
 
+def test_run_upload_here_uploads_from_the_cli_and_records_only_the_file_uuid(
+    cli: Cli, ctx: Context, fake: FakeHatz, tmp_path: Path
+) -> None:
+    report = tmp_path / "r.csv"
+    report.write_bytes(b"region,sales\nnorth,10\n")
+
+    code, out, _ = cli("run", REPORT_SUMMARIZER_ID, "-f", f"report_file={report}", "--upload-here")
+
+    assert code == 0
+    run = ctx.ledger.require(out.strip())
+    assert run["files"] == {}
+    info = fake.upload_info(run["inputs"]["report_file"])
+    assert info is not None
+    assert (info["size"], info["filename"]) == (len(report.read_bytes()), "r.csv")
+
+
+def test_run_with_a_plain_http_file_url_exits_2_and_enqueues_nothing(
+    cli: Cli, ctx: Context
+) -> None:
+    code, _, err = cli("run", REPORT_SUMMARIZER_ID, "-f", "report_file=http://x.example/r.csv")
+
+    assert code == 2
+    assert "must use https://" in err
+    assert len(err.strip().splitlines()) == 1
+    assert ctx.ledger.run_ids() == []
+
+
 # --- status ---------------------------------------------------------------------------
 
 

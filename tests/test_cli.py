@@ -223,6 +223,27 @@ def test_status_never_prints_a_presigned_query_string(cli: Cli, ctx: Context) ->
     assert record["documents"]["step-doc"]["url"] == DOC_URL  # --json is the full record
 
 
+def test_status_shows_the_archived_copy_beside_the_presigned_url(cli: Cli, ctx: Context) -> None:
+    archive = {"url": "s3://acme/hatz/r/step-doc/summary.pdf", "sha256": "ab" * 32, "size": 48213}
+    run_id = _create(ctx)
+    _finish(
+        ctx,
+        run_id,
+        RunState.COMPLETED,
+        documents={
+            "step-doc": {"url": DOC_URL, "expires_at": time.time() + 3600, "archive": archive}
+        },
+        archive_state="done",
+    )
+
+    _, plain, _ = cli("status", run_id)
+    _, as_json, _ = cli("status", run_id, "--json")
+
+    assert "archived: s3://acme/hatz/r/step-doc/summary.pdf  (48213 bytes" in plain
+    assert any(line.split() == ["archive", "done"] for line in plain.splitlines())
+    assert json.loads(as_json)["documents"]["step-doc"]["archive"] == archive
+
+
 def test_run_event_filter_is_recorded(cli: Cli, ctx: Context) -> None:
     code, out, _ = cli(
         "run", TOPIC_BRIEF_ID, "-i", "topic=x", "--event", "workflow_run.failed", "--json"

@@ -265,7 +265,15 @@ def _upload_files(
         except HatzError as exc:
             return _reschedule_submit(ctx, run, token, exc, inputs=inputs)
         inputs[name] = uploaded.file_uuid
-        if not ctx.ledger.cas(run_id, states=ACTIVE_STATES, token=token, fields={"inputs": inputs}):
+        # Each file renews the task's lease: a run with several large files is not
+        # taken for lost (and re-armed) while it is still uploading.
+        if not ctx.ledger.cas(
+            run_id,
+            states=ACTIVE_STATES,
+            token=token,
+            fields={"inputs": inputs},
+            next_at=ctx.clock() + task_lease(ctx),
+        ):
             return []
     return None
 

@@ -30,6 +30,15 @@ key                             type    what
 ``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
 ``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
 ``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.ops.metrics``)
+``P:client:<name>``             hash    an HTTP API client: ``admin``, ``token_hash`` (SHA-256),
+                                        ``created_at``; lives until ``tokens revoke``
+``P:clients``                   zset    every HTTP API client name, by creation time
+                                        (removed by ``tokens revoke``)
+``P:token:<sha256>``            string  a client token's hash -> ``{"name", "admin"}``;
+                                        deleted with its client by ``tokens revoke``
+``P:ratelimit:<name>``          hash    a client's request token bucket (1 h TTL)
+``P:client-runs:<name>``        zset    run ids a client created, by creation time;
+                                        trimmed past ``HATZ_RUN_RETENTION`` on every add
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -146,3 +155,24 @@ class Keys:
     def metrics(self) -> str:
         """Counters shared by every worker process, exported by ``worker.ops.metrics``."""
         return f"{self.prefix}:metrics"
+
+    def client(self, name: str) -> str:
+        """An HTTP API client's record."""
+        return f"{self.prefix}:client:{name}"
+
+    @property
+    def clients(self) -> str:
+        """Every HTTP API client name, by creation time."""
+        return f"{self.prefix}:clients"
+
+    def client_token(self, token_hash: str) -> str:
+        """A client token's hash -> the client it belongs to."""
+        return f"{self.prefix}:token:{token_hash}"
+
+    def rate_limit(self, name: str) -> str:
+        """A client's request token bucket."""
+        return f"{self.prefix}:ratelimit:{name}"
+
+    def client_runs(self, name: str) -> str:
+        """Run ids one HTTP API client created, by creation time."""
+        return f"{self.prefix}:client-runs:{name}"

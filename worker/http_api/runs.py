@@ -1,7 +1,268 @@
-"""``/v1/runs``: enqueue, read, list and cancel runs (through :mod:`worker.api.runs`)."""
+"""``/v1/runs``: enqueue, read, list and cancel runs, through :mod:`worker.api.runs`.
+
+A client sees, lists and cancels only the runs it created (another client's
+run answers ``404``, as an unknown id does); an admin token sees them all.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from worker.api.runs import cancel_run, create_run, get_run, page_runs
+from worker.clients import Client
+from worker.errors import HatzError, RunNotFoundError
+from worker.http_api.auth import CurrentClient
+from worker.http_api.models import RunList, RunOut, RunRequest
+from worker.http_api.problems import ProblemError, problem_responses
+from worker.http_api.services import Services, get_services
+from worker.http_api.uploads import REQUEST_PART, ReceivedFile, receive_multipart
+from worker.store.ledger import Run, RunState
 
 router = APIRouter(prefix="/v1", tags=["runs"])
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+#: ``Prefer: wait=N`` waits at most this long, s.
+MAX_WAIT = 60
+#: How often a waiting request looks at its run, s.
+WAIT_INTERVAL = 0.1
+MAX_JSON_BYTES = 256 * 1024
+
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": RunRequest.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [REQUEST_PART],
+                "properties": {
+                    REQUEST_PART: {
+                        "type": "string",
+                        "description": "The run request as JSON (the application/json body)",
+                    }
+                },
+                "additionalProperties": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "One file per file_upload input, named by its variable",
+                },
+            }
+        },
+    },
+}
+
+
+def _owned(run: Run, client: Client) -> Run:
+    """``run`` if ``client`` may see it; otherwise 404, exactly as for an unknown id."""
+    if client.admin or run.get("client") == client.name:
+        return run
+    raise ProblemError(404, f"no run {run.run_id!r}")
+
+
+def _find(services: Services, run_id: str, client: Client) -> Run:
+    try:
+        run = get_run(run_id, context=services.context)
+    except RunNotFoundError:
+        raise ProblemError(404, f"no run {run_id!r}") from None
+    return _owned(run, client)
+
+
+def _wait_preference(prefer: str | None) -> int | None:
+    """N from ``Prefer: wait=N`` (capped at :data:`MAX_WAIT`); None if absent or unreadable."""
+    for token in (prefer or "").split(","):
+        name, _, value = token.strip().partition("=")
+        if name.strip().lower() == "wait" and value.strip().isdigit():
+            return min(int(value.strip()), MAX_WAIT)
+    return None
+
+
+def _parse_request(raw: bytes) -> RunRequest:
+    try:
+        return RunRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ProblemError(422, "the run request is not valid", errors=errors) from None
+
+
+async def _read_json(request: Request) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_JSON_BYTES:
+            raise ProblemError(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KiB")
+    return bytes(body)
+
+
+def _upload(services: Services, files: dict[str, ReceivedFile]) -> dict[str, str]:
+    """Upload each received file to Hatz; ``{input name: file_uuid}``."""
+    uuids: dict[str, str] = {}
+    for name, received in sorted(files.items()):
+        try:
+            uuids[name] = services.context.client.upload_file(received.path).file_uuid
+        except HatzError as exc:
+            raise ProblemError(502, f"uploading file {name!r} to Hatz failed: {exc}") from None
+    return uuids
+
+
+def _fingerprint(raw: bytes, files: dict[str, ReceivedFile]) -> str:
+    """The request as sent (its JSON and its files' contents), to compare idempotent retries."""
+    request = json.loads(raw) if raw else None
+    canonical = json.dumps(
+        {"request": request, "files": {n: f.sha256 for n, f in sorted(files.items())}},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _enqueue(
+    services: Services,
+    client: Client,
+    body: RunRequest,
+    file_uuids: dict[str, str],
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> tuple[str, bool]:
+    clash = sorted(set(file_uuids) & set(body.inputs))
+    if clash:
+        raise ProblemError(
+            422,
+            "the run request is not valid",
+            errors=[f"input {n!r} given both as a value and as a file" for n in clash],
+        )
+    return create_run(
+        body.app_id,
+        {**body.inputs, **file_uuids},
+        callback_url=body.callback_url,
+        metadata=body.metadata,
+        is_draft_app=body.is_draft_app,
+        idempotency_key=idempotency_key,
+        events=body.events,
+        timeout=body.timeout,
+        client=client.name,
+        request_fingerprint=fingerprint,
+        context=services.context,
+        celery=services.celery,
+    )
+
+
+async def _wait(services: Services, run_id: str, seconds: int) -> Run:
+    """The run once terminal, or as it is after ``seconds``; holds no thread while waiting."""
+    deadline = time.monotonic() + seconds
+    while True:
+        run = await run_in_threadpool(get_run, run_id, context=services.context)
+        if run.state.is_terminal or time.monotonic() >= deadline:
+            return run
+        await asyncio.sleep(min(WAIT_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+
+async def _received(request: Request, services: Services) -> tuple[RunRequest, dict[str, str], str]:
+    """The run request, the ``file_uuid`` of each uploaded file, and the request's fingerprint."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        with tempfile.TemporaryDirectory(prefix="hatz-upload-") as directory:
+            raw, files = await receive_multipart(
+                content_type,
+                request.stream(),
+                Path(directory),
+                services.context.settings.upload_max_bytes,
+            )
+            body = _parse_request(raw)
+            uuids = await run_in_threadpool(_upload, services, files)
+        return body, uuids, _fingerprint(raw, files)
+    if media in {"application/json", ""} or media.endswith("+json"):
+        raw = await _read_json(request)
+        return _parse_request(raw), {}, _fingerprint(raw, {})
+    raise ProblemError(415, "send application/json, or multipart/form-data with files")
+
+
+@router.post(
+    "/runs",
+    status_code=201,
+    response_model=RunOut,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses={
+        200: {"model": RunOut, "description": "An idempotent retry: the run made the first time"},
+        **problem_responses(401, 409, 413, 415, 422, 429, 502),
+    },
+)
+async def create_run_endpoint(
+    request: Request,
+    response: Response,
+    client: CurrentClient,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> RunOut:
+    """Enqueue a run (JSON, or multipart/form-data with one file part per file input).
+
+    ``Idempotency-Key``: the same key with the same request answers the same run
+    (``200``); with another request, ``409``. ``Prefer: wait=N`` (N ≤ 60) answers
+    when the run ends or after N seconds.
+    """
+    body, uuids, fingerprint = await _received(request, services)
+    run_id, created = await run_in_threadpool(
+        _enqueue, services, client, body, uuids, idempotency_key, fingerprint
+    )
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/runs/{run_id}"
+    wait = _wait_preference(prefer)
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+        return RunOut.of(await _wait(services, run_id, wait))
+    run = await run_in_threadpool(get_run, run_id, context=services.context)
+    return RunOut.of(run)
+
+
+@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 429))
+def get_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
+    """One run: state, job, timestamps, step outputs, documents, error, metadata."""
+    return RunOut.of(_find(services, run_id, client))
+
+
+@router.get("/runs", responses=problem_responses(401, 422, 429))
+def list_runs_endpoint(
+    client: CurrentClient,
+    services: ServicesDep,
+    state: RunState | None = None,
+    app_id: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> RunList:
+    """The client's runs (an admin: everyone's), newest first, a page at a time."""
+    try:
+        page = page_runs(
+            client=None if client.admin else client.name,
+            state=state,
+            app_id=app_id,
+            limit=limit,
+            cursor=cursor,
+            context=services.context,
+        )
+    except ValueError as exc:
+        raise ProblemError(422, "the query is not valid", errors=[f"cursor: {exc}"]) from None
+    return RunList(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
+
+
+@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 429))
+def cancel_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
+    """Stop following a run (``CANCELED``). A job already at Hatz keeps running there."""
+    _find(services, run_id, client)
+    if not cancel_run(run_id, context=services.context, celery=services.celery):
+        run = get_run(run_id, context=services.context)
+        raise ProblemError(409, f"run {run_id!r} already ended ({run.state.value})")
+    return RunOut.of(get_run(run_id, context=services.context))

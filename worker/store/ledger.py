@@ -177,6 +177,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'state|QUEUED', 1)
 if KEYS[6] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[1]) end
+if KEYS[7] ~= '' then redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1]) end
 return {1, ARGV[1]}
 """
 
@@ -337,6 +338,7 @@ class Ledger:
         first_due_in: float = 0.0,
         run_id: str | None = None,
         listed_in: str = "",
+        indexed_in: str = "",
     ) -> tuple[str, bool]:
         """Create a QUEUED run; return ``(run_id, created)``.
 
@@ -347,6 +349,9 @@ class Ledger:
         ``HATZ_SWEEP_GRACE`` seconds later (the publish may have been lost).
         ``listed_in``: a Redis list the new run's id is appended to in the same
         script (a batch's runs as they are made), so no run exists unlisted.
+        ``indexed_in``: a sorted set the new run's id is added to, scored by its
+        creation time, in the same script (e.g. an HTTP API client's runs); ids
+        older than the retention are trimmed from it here.
         """
         run_id = run_id or uuid.uuid4().hex
         now = self.clock()
@@ -372,6 +377,7 @@ class Ledger:
                 idem_key,
                 self.keys.metrics,
                 listed_in,
+                indexed_in,
             ],
             args=[
                 run_id,
@@ -383,6 +389,8 @@ class Ledger:
             ],
         )
         if int(result[0]) == 1:
+            if indexed_in:
+                self.redis.zremrangebyscore(indexed_in, "-inf", now - self.retention)
             return run_id, True
         existing, existing_fp = _str(result[1]), _str(result[2])
         if existing_fp != params_fingerprint:
@@ -416,6 +424,34 @@ class Ledger:
             else self.redis.zrange(self.keys.runs, 0, limit - 1)
         )
         return [_str(i) for i in ids]
+
+    def ids_before(
+        self, index: str, *, before: tuple[float, str] | None = None, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        """``(run_id, created_at)`` from a sorted-set ``index``, newest first, after ``before``.
+
+        ``before`` is the last ``(created_at, run_id)`` a previous page ended on;
+        ties on the time are ordered by id, as Redis orders them. Ids older than
+        the retention are trimmed from the index first.
+        """
+        self.redis.zremrangebyscore(index, "-inf", self.clock() - self.retention)
+        top: float | str = "+inf" if before is None else before[0]
+        rows: list[tuple[str, float]] = []
+        offset = 0
+        while len(rows) < limit:
+            chunk: list[tuple[str, float]] = self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                index, top, "-inf", start=offset, num=limit + 1, withscores=True
+            )
+            if not chunk:
+                break
+            offset += len(chunk)
+            for member, score in chunk:
+                run_id = _str(member)
+                # Already on an earlier page: same time, not before it in Redis's order.
+                if before is not None and float(score) == before[0] and run_id >= before[1]:
+                    continue
+                rows.append((run_id, float(score)))
+        return rows[:limit]
 
     def due(self, before: float, *, limit: int = 500, offset: int = 0) -> list[tuple[str, float]]:
         """Scheduled runs whose ``next_at`` is earlier than ``before``, soonest first."""

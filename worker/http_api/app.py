@@ -18,12 +18,18 @@ from celery import Celery
 from fastapi import APIRouter, FastAPI
 
 from worker.context import Context
-from worker.http_api import health, me, runs
+from worker.http_api import apps, batches, health, me, runs
 from worker.http_api.problems import Problem, install_problem_handlers
 from worker.http_api.services import Services
 
 #: Every API router, in the order they are included.
-ROUTERS: tuple[APIRouter, ...] = (health.router, me.router, runs.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    me.router,
+    runs.router,
+    batches.router,
+    apps.router,
+)
 
 #: Installs something more into the app (see the module docstring).
 Extension = Callable[[FastAPI], None]

@@ -15,6 +15,7 @@ key                             type    what
                                         Celery message (``worker.runs.dispatcher``)
 ``P:idem:<key>``                string  idempotency key -> run id and parameter hash
 ``P:app:<app_id>``              string  cached app definition (JSON, short TTL)
+``P:apps``                      string  cached list of every app (JSON, short TTL)
 ``P:callbacks:failed``          zset    dead-lettered callbacks (run ids by time)
 ``P:breaker``                   hash    org-wide credit-overage breaker
 ``P:batch:<batch_id>``          hash    a batch record
@@ -81,6 +82,11 @@ class Keys:
     def app(self, app_id: str) -> str:
         """Cached app definition."""
         return f"{self.prefix}:app:{app_id}"
+
+    @property
+    def app_list(self) -> str:
+        """Cached list of every app and workflow."""
+        return f"{self.prefix}:apps"
 
     @property
     def failed_callbacks(self) -> str:

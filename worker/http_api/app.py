@@ -19,7 +19,11 @@ from fastapi import APIRouter, FastAPI
 
 from worker.context import Context
 from worker.http_api import apps, batches, health, me, runs
-from worker.http_api.problems import Problem, install_problem_handlers
+from worker.http_api.problems import (
+    Problem,
+    install_problem_handlers,
+    problem_validation_responses,
+)
 from worker.http_api.services import Services
 
 #: Every API router, in the order they are included.
@@ -77,6 +81,7 @@ def _register_problem_schema(app: FastAPI) -> None:
     def openapi() -> dict[str, object]:
         if app.openapi_schema is None:
             schema = build()
+            problem_validation_responses(schema)
             components = schema.setdefault("components", {})
             components.setdefault("schemas", {}).setdefault(
                 "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -166,8 +166,8 @@ _REQUEST_BODY: dict[str, Any] = {
                 "required": [REQUEST_PART, FILE_PART],
                 "properties": {
                     REQUEST_PART: {
-                        "type": "string",
-                        "description": "The batch options as JSON (BatchFileRequest)",
+                        **BatchFileRequest.model_json_schema(),
+                        "description": "The batch options, as JSON",
                     },
                     FILE_PART: {
                         "type": "string",
@@ -176,7 +176,8 @@ _REQUEST_BODY: dict[str, Any] = {
                     },
                 },
                 "additionalProperties": False,
-            }
+            },
+            "encoding": {REQUEST_PART: {"contentType": "application/json"}},
         },
     },
 }
@@ -329,7 +330,7 @@ _RESULTS_RESPONSES: dict[int | str, dict[str, Any]] = {
             JSONL: {"schema": {"type": "string"}},
         },
     },
-    **problem_responses(401, 404, 406, 429),
+    **problem_responses(401, 404, 406, 422, 429),
 }
 
 

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from worker.errors import IdempotencyConflictError, InvalidRunError, RunNotFoundError
 
@@ -83,6 +84,20 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def problem_validation_responses(schema: dict[str, Any]) -> None:
+    """Make every ``422`` FastAPI documents by itself (``HTTPValidationError`` as
+    ``application/json``) say what is really answered: a problem."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            if answer is None or PROBLEM_JSON in answer.get("content", {}):
+                continue
+            answer["content"] = problem_responses(422)[422]["content"]
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+
+
 def _location(loc: Iterable[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header"}:
@@ -95,9 +110,26 @@ async def _problem(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"})
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API's schema documents at the request's path (Starlette's own
+    ``405`` names only the first matching route's, though several routes share a path)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods |= {m.upper() for m in operations if m.upper() in _METHODS}
+    return sorted(methods)
 
 
 async def _validation(_: Request, exc: Exception) -> JSONResponse:

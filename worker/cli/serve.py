@@ -28,7 +28,7 @@ def app_extensions() -> list[Extension]:
     "--host", default="127.0.0.1", metavar="HOST", help="bind address (default 127.0.0.1)"
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, metavar="PORT",
-              help="port (default 8000)")  # fmt: skip
+              envvar="PORT", help="port (default $PORT, else 8000)")  # fmt: skip
 @click.pass_obj
 def serve_command(rt: Runtime, host: str, port: int) -> int:
     """``serve``: run uvicorn over :func:`worker.http_api.app.create_app` until SIGTERM/SIGINT."""

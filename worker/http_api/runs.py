@@ -215,17 +215,29 @@ async def create_run_endpoint(
     when the run ends or after N seconds.
     """
     body, uuids, fingerprint = await _received(request, services)
-    run_id, created = await run_in_threadpool(
-        _enqueue, services, client, body, uuids, idempotency_key, fingerprint
+    run, created = await run_in_threadpool(
+        _enqueued, services, client, body, uuids, idempotency_key, fingerprint
     )
     response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/v1/runs/{run_id}"
+    response.headers["Location"] = f"/v1/runs/{run.run_id}"
     wait = _wait_preference(prefer)
     if wait is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
-        return RunOut.of(await _wait(services, run_id, wait))
-    run = await run_in_threadpool(get_run, run_id, context=services.context)
+        return RunOut.of(await _wait(services, run.run_id, wait))
     return RunOut.of(run)
+
+
+def _enqueued(
+    services: Services,
+    client: Client,
+    body: RunRequest,
+    file_uuids: dict[str, str],
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> tuple[Run, bool]:
+    """:func:`_enqueue`, then the run as recorded, in one worker-thread hop."""
+    run_id, created = _enqueue(services, client, body, file_uuids, idempotency_key, fingerprint)
+    return get_run(run_id, context=services.context), created
 
 
 @router.get("/runs/{run_id}", responses=problem_responses(401, 404, 429))

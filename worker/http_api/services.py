@@ -41,7 +41,8 @@ class Services:
         )
 
 
-def get_services(request: Request) -> Services:
-    """The app's :class:`Services` (a FastAPI dependency)."""
+async def get_services(request: Request) -> Services:
+    """The app's :class:`Services` (a FastAPI dependency; ``async`` only so that FastAPI
+    calls it on the event loop instead of a worker thread: it does no I/O)."""
     services: Services = request.app.state.services
     return services

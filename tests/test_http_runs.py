@@ -291,3 +291,30 @@ def test_a_revoked_token_gets_401(apis: Apis) -> None:
 
     assert answer.status_code == 401
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_multipart_retry_with_the_same_key_uploads_nothing_again(apis: Apis) -> None:
+    app = apis.stack.app(
+        user_inputs=[FakeInput("report", variable_type="file_upload", required=True)]
+    )
+
+    def send(content: bytes) -> Any:
+        return apis.api.request(
+            "POST",
+            "/v1/runs",
+            token=apis.alice,
+            data={"request": json.dumps({"app_id": app.id})},
+            files={"report": ("r.csv", content, "text/csv")},
+            headers={"Idempotency-Key": f"upload-{app.id}"},
+        )
+
+    first = send(b"a,b\n1,2\n")
+    uploads = len(apis.stack.calls("upload"))
+    again = send(b"a,b\n1,2\n")
+    changed = send(b"a,b\n3,4\n")
+
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["run_id"] == first.json()["run_id"]
+    assert changed.status_code == 409
+    assert len(apis.stack.calls("upload")) == uploads

@@ -23,8 +23,15 @@ class ClientRateLimit:
         self.keys = keys
         self.rate = rate
         self.burst = burst
+        #: One bucket object per client name (a handful: one per calling application).
+        self._buckets: dict[str, ApiBudget] = {}
 
     def take(self, name: str) -> float:
         """0.0 if the request may go ahead; else the seconds until it may (``Retry-After``)."""
-        bucket = ApiBudget(self.redis, self.keys.rate_limit(name), self.rate, capacity=self.burst)
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = ApiBudget(
+                self.redis, self.keys.rate_limit(name), self.rate, capacity=self.burst
+            )
+            self._buckets[name] = bucket
         return bucket.try_take()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from worker.api.runs import cancel_run, create_run, get_run, page_runs
+from worker.api.runs import cancel_run, create_run, find_idempotent_run, get_run, page_runs
 from worker.clients import Client
 from worker.errors import HatzError, RunNotFoundError
 from worker.http_api.auth import CurrentClient
@@ -132,17 +133,28 @@ def _enqueue(
     services: Services,
     client: Client,
     body: RunRequest,
-    file_uuids: dict[str, str],
+    files: dict[str, ReceivedFile],
     idempotency_key: str | None,
     fingerprint: str,
 ) -> tuple[str, bool]:
-    clash = sorted(set(file_uuids) & set(body.inputs))
+    """Upload the files (unless this is a retry of a request already made) and record the run."""
+    clash = sorted(set(files) & set(body.inputs))
     if clash:
         raise ProblemError(
             422,
             "the run request is not valid",
             errors=[f"input {n!r} given both as a value and as a file" for n in clash],
         )
+    if files and idempotency_key:
+        existing = find_idempotent_run(
+            idempotency_key,
+            request_fingerprint=fingerprint,
+            client=client.name,
+            context=services.context,
+        )
+        if existing is not None:
+            return existing, False  # its files were uploaded the first time
+    file_uuids = _upload(services, files)
     return create_run(
         body.app_id,
         {**body.inputs, **file_uuids},
@@ -169,21 +181,17 @@ async def _wait(services: Services, run_id: str, seconds: int) -> Run:
         await asyncio.sleep(min(WAIT_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-async def _received(request: Request, services: Services) -> tuple[RunRequest, dict[str, str], str]:
-    """The run request, the ``file_uuid`` of each uploaded file, and the request's fingerprint."""
+async def _received(
+    request: Request, services: Services, cleanup: ExitStack
+) -> tuple[RunRequest, dict[str, ReceivedFile], str]:
+    """The run request, its files (on disk until ``cleanup`` closes) and its fingerprint."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        with tempfile.TemporaryDirectory(prefix="hatz-upload-") as directory:
-            raw, files = await receive_multipart(
-                content_type,
-                request.stream(),
-                Path(directory),
-                services.context.settings.upload_max_bytes,
-            )
-            body = _parse_request(raw)
-            uuids = await run_in_threadpool(_upload, services, files)
-        return body, uuids, _fingerprint(raw, files)
+        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hatz-upload-"))
+        cap = services.context.settings.upload_max_bytes
+        raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
+        return _parse_request(raw), files, _fingerprint(raw, files)
     if media in {"application/json", ""} or media.endswith("+json"):
         raw = await _read_json(request)
         return _parse_request(raw), {}, _fingerprint(raw, {})
@@ -214,10 +222,11 @@ async def create_run_endpoint(
     (``200``); with another request, ``409``. ``Prefer: wait=N`` (N ≤ 60) answers
     when the run ends or after N seconds.
     """
-    body, uuids, fingerprint = await _received(request, services)
-    run_id, created = await run_in_threadpool(
-        _enqueue, services, client, body, uuids, idempotency_key, fingerprint
-    )
+    with ExitStack() as cleanup:
+        body, files, fingerprint = await _received(request, services, cleanup)
+        run_id, created = await run_in_threadpool(
+            _enqueue, services, client, body, files, idempotency_key, fingerprint
+        )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/runs/{run_id}"
     wait = _wait_preference(prefer)

@@ -400,6 +400,14 @@ class Ledger:
             )
         return existing, False
 
+    def idempotent_run(self, idempotency_key: str) -> tuple[str, str] | None:
+        """``(run_id, params_fingerprint)`` of the run made with this key, or None."""
+        raw = self.redis.get(self.keys.idempotency(idempotency_key))
+        if raw is None:
+            return None
+        run_id, _, fp = _str(raw).partition("|")
+        return run_id, fp
+
     def get(self, run_id: str) -> Run | None:
         """The run record, or None when unknown or expired."""
         data = self.redis.hgetall(self.keys.run(run_id))

@@ -318,3 +318,24 @@ def test_a_multipart_retry_with_the_same_key_uploads_nothing_again(apis: Apis) -
     assert again.json()["run_id"] == first.json()["run_id"]
     assert changed.status_code == 409
     assert len(apis.stack.calls("upload")) == uploads
+
+
+def test_uploads_by_the_api_count_in_the_shared_metrics(apis: Apis) -> None:
+    app = apis.stack.app(user_inputs=[FakeInput("report", variable_type="file_upload")])
+    metrics = apis.stack.context.keys.metrics
+
+    def uploads_counted() -> int:
+        fields: dict[str, str] = apis.stack.context.redis.hgetall(metrics)  # type: ignore[assignment]
+        return sum(int(v) for k, v in fields.items() if "upload" in k and k.startswith("api"))
+
+    before = uploads_counted()
+    answer = apis.api.request(
+        "POST",
+        "/v1/runs",
+        token=apis.alice,
+        data={"request": json.dumps({"app_id": app.id})},
+        files={"report": ("r.csv", b"x", "text/csv")},
+    )
+
+    assert answer.status_code == 201
+    assert uploads_counted() == before + 1

@@ -11,6 +11,7 @@ from worker.cli.params import CommandGroup, json_option
 from worker.cli.runtime import EXIT_FAILED, EXIT_OK, Runtime
 from worker.clients import ClientStore
 from worker.clients.tokens import check_name
+from worker.context import Context
 from worker.http_api.app import Extension
 
 
@@ -36,7 +37,9 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
 
     from worker.http_api.app import create_app
 
-    app = create_app(rt.context, celery=rt.celery, extensions=app_extensions())
+    # Metrics unbuffered: uploads call Hatz from request threads, outside any task.
+    context = Context.from_settings(rt.settings, buffered_metrics=False)
+    app = create_app(context, celery=rt.celery, extensions=app_extensions())
     config = uvicorn.Config(
         app,
         host=host,
@@ -45,7 +48,11 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
         server_header=False,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        context.client.close()
+        context.redis.close()
     return EXIT_OK
 
 

@@ -244,9 +244,9 @@ def page_runs(
         if not ids:
             return RunPage(runs, None)
         scanned += len(ids)
-        for run_id, created in ids:
+        records = ctx.ledger.get_many([run_id for run_id, _ in ids])
+        for (run_id, created), run in zip(ids, records, strict=True):
             position = (created, run_id)
-            run = ctx.ledger.get(run_id)
             if run is None or (wanted is not None and run.state is not wanted):
                 continue
             if app_id is not None and run.get("app_id") != app_id:

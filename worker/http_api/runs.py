@@ -118,11 +118,13 @@ def _upload(services: Services, files: dict[str, ReceivedFile]) -> dict[str, str
     return uuids
 
 
-def _fingerprint(raw: bytes, files: dict[str, ReceivedFile]) -> str:
-    """The request as sent (its JSON and its files' contents), to compare idempotent retries."""
-    request = json.loads(raw) if raw else None
+def _fingerprint(body: RunRequest, files: dict[str, ReceivedFile]) -> str:
+    """The request (its fields and its files' contents), to compare idempotent retries."""
     canonical = json.dumps(
-        {"request": request, "files": {n: f.sha256 for n, f in sorted(files.items())}},
+        {
+            "request": body.model_dump(mode="json"),
+            "files": {n: f.sha256 for n, f in sorted(files.items())},
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -191,10 +193,11 @@ async def _received(
         directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hatz-upload-"))
         cap = services.context.settings.upload_max_bytes
         raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
-        return _parse_request(raw), files, _fingerprint(raw, files)
+        body = _parse_request(raw)
+        return body, files, _fingerprint(body, files)
     if media in {"application/json", ""} or media.endswith("+json"):
-        raw = await _read_json(request)
-        return _parse_request(raw), {}, _fingerprint(raw, {})
+        body = _parse_request(await _read_json(request))
+        return body, {}, _fingerprint(body, {})
     raise ProblemError(415, "send application/json, or multipart/form-data with files")
 
 
@@ -237,7 +240,7 @@ async def create_run_endpoint(
     return RunOut.of(run)
 
 
-@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 429))
+@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429))
 def get_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
     """One run: state, job, timestamps, step outputs, documents, error, metadata."""
     return RunOut.of(_find(services, run_id, client))
@@ -267,7 +270,7 @@ def list_runs_endpoint(
     return RunList(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
 
 
-@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 429))
+@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429))
 def cancel_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
     """Stop following a run (``CANCELED``). A job already at Hatz keeps running there."""
     _find(services, run_id, client)

@@ -415,6 +415,18 @@ class Ledger:
             return None
         return Run.from_hash({_str(k): _str(v) for k, v in data.items()})
 
+    def get_many(self, run_ids: Sequence[str]) -> list[Run | None]:
+        """The records of ``run_ids`` in one round trip (None for each unknown or expired)."""
+        if not run_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(self.keys.run(run_id))
+        return [
+            Run.from_hash({_str(k): _str(v) for k, v in data.items()}) if data else None
+            for data in pipe.execute()
+        ]
+
     def require(self, run_id: str) -> Run:
         """The run record; raise :class:`RunNotFoundError` when missing."""
         run = self.get(run_id)

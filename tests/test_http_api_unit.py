@@ -21,7 +21,7 @@ from worker.api.runs import (
 )
 from worker.context import Context
 from worker.errors import IdempotencyConflictError
-from worker.http_api.models import RunOut
+from worker.http_api.models import RunOut, RunRequest
 from worker.http_api.problems import ProblemError
 from worker.http_api.runs import _wait_preference
 from worker.http_api.uploads import ReceivedFile, receive_multipart
@@ -242,3 +242,17 @@ def test_a_malformed_body_is_422(tmp_path: Path, body: bytes, message: str) -> N
         _receive(body, tmp_path)
 
     assert info.value.status == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"app_id": "a", "inputs": {"x": NaN}}', '{"app_id": "a", "metadata": {"x": Infinity}}'],
+)
+def test_a_run_request_is_strict_json(body: str) -> None:
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        RunRequest.model_validate_json(body)
+
+
+def test_a_run_request_refuses_server_paths() -> None:
+    with pytest.raises(ValueError, match="never accepted over HTTP"):
+        RunRequest.model_validate({"app_id": "a", "files": {"doc": "/etc/passwd"}})

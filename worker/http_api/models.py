@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,6 +40,15 @@ class RunRequest(BaseModel):
         if isinstance(data, dict) and "files" in data:
             raise ValueError(SERVER_PATHS_REFUSED)
         return data
+
+    @model_validator(mode="after")
+    def _strict_json(self) -> RunRequest:
+        # NaN and Infinity parse, but are not JSON: Hatz and callback receivers would choke.
+        try:
+            json.dumps([self.inputs, self.metadata], allow_nan=False)
+        except ValueError:
+            raise ValueError("inputs and metadata may not hold NaN or Infinity") from None
+        return self
 
 
 class Document(BaseModel):

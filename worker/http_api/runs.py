@@ -68,14 +68,14 @@ def _owned(run: Run, client: Client) -> Run:
     """``run`` if ``client`` may see it; otherwise 404, exactly as for an unknown id."""
     if client.admin or run.get("client") == client.name:
         return run
-    raise ProblemError(404, f"no run {run.run_id!r}")
+    raise ProblemError(404, f"no run {run.run_id[:100]!r}")
 
 
 def _find(services: Services, run_id: str, client: Client) -> Run:
     try:
         run = get_run(run_id, context=services.context)
     except RunNotFoundError:
-        raise ProblemError(404, f"no run {run_id!r}") from None
+        raise ProblemError(404, f"no run {run_id[:100]!r}") from None
     return _owned(run, client)
 
 

@@ -13,6 +13,7 @@ from worker.clients import ClientStore
 from worker.clients.tokens import check_name
 from worker.context import Context
 from worker.http_api.app import Extension
+from worker.ops.logs import configure_logging
 
 
 def app_extensions() -> list[Extension]:
@@ -37,6 +38,8 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
 
     from worker.http_api.app import create_app
 
+    # The worker's log format (HATZ_LOG_JSON) and redaction for uvicorn's lines too.
+    configure_logging(rt.settings)
     # Metrics unbuffered: uploads call Hatz from request threads, outside any task.
     context = Context.from_settings(rt.settings, buffered_metrics=False)
     app = create_app(context, celery=rt.celery, extensions=app_extensions())
@@ -44,6 +47,7 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
         app,
         host=host,
         port=port,
+        log_config=None,
         log_level=rt.settings.log_level.lower(),
         server_header=False,
         timeout_graceful_shutdown=30,

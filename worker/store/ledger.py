@@ -349,9 +349,7 @@ class Ledger:
         ``HATZ_SWEEP_GRACE`` seconds later (the publish may have been lost).
         ``listed_in``: a Redis list the new run's id is appended to in the same
         script (a batch's runs as they are made), so no run exists unlisted.
-        ``indexed_in``: a sorted set the new run's id is added to, scored by its
-        creation time, in the same script (e.g. an HTTP API client's runs); ids
-        older than the retention are trimmed from it here.
+        ``indexed_in``: a sorted set the id is added to by creation time (a client's runs).
         """
         run_id = run_id or uuid.uuid4().hex
         now = self.clock()
@@ -389,8 +387,7 @@ class Ledger:
             ],
         )
         if int(result[0]) == 1:
-            if indexed_in:
-                self.redis.zremrangebyscore(indexed_in, "-inf", now - self.retention)
+            self.trim_index(indexed_in)
             return run_id, True
         existing, existing_fp = _str(result[1]), _str(result[2])
         if existing_fp != params_fingerprint:
@@ -445,6 +442,11 @@ class Ledger:
         )
         return [_str(i) for i in ids]
 
+    def trim_index(self, index: str) -> None:
+        """Drop ids older than the retention (their records expired) from a sorted-set index."""
+        if index:
+            self.redis.zremrangebyscore(index, "-inf", self.clock() - self.retention)
+
     def ids_before(
         self, index: str, *, before: tuple[float, str] | None = None, limit: int = 100
     ) -> list[tuple[str, float]]:
@@ -454,7 +456,7 @@ class Ledger:
         ties on the time are ordered by id, as Redis orders them. Ids older than
         the retention are trimmed from the index first.
         """
-        self.redis.zremrangebyscore(index, "-inf", self.clock() - self.retention)
+        self.trim_index(index)
         top: float | str = "+inf" if before is None else before[0]
         rows: list[tuple[str, float]] = []
         offset = 0

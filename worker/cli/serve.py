@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from types import FrameType
 
 import click
 
@@ -52,12 +54,20 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
         server_header=False,
         timeout_graceful_shutdown=30,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler it
+    # found; with this one that ends the process with exit 0, as a warm worker shutdown does.
+    previous = signal.signal(signal.SIGTERM, _after_graceful_shutdown)
     try:
         uvicorn.Server(config).run()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         context.client.close()
         context.redis.close()
     return EXIT_OK
+
+
+def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM once uvicorn has already shut down: nothing is left to stop."""
 
 
 @click.group("tokens", cls=CommandGroup, short_help="HTTP API client tokens")

@@ -97,6 +97,18 @@ def test_a_multipart_run_with_a_file_completes_and_its_callback_verifies(apis: A
     payload = standardwebhooks.Webhook(SECRET).verify(delivery["body"], delivery["headers"])
     assert payload["type"] == "workflow_run.completed"
     assert payload["data"]["metadata"] == {"o": 7}
+    wait_until(
+        lambda: (
+            apis.api.request("GET", f"/v1/runs/{run['run_id']}", token=apis.alice).json()[
+                "callback_state"
+            ]
+            == "delivered"
+        ),
+        timeout=10,
+        message="callback recorded as delivered",
+    )
+    after = apis.api.request("GET", f"/v1/runs/{run['run_id']}", token=apis.alice).json()
+    assert [a.get("status") for a in after["callback_attempts"]] == [200]
 
 
 def test_a_file_over_the_cap_is_413_and_nothing_is_enqueued(apis: Apis) -> None:

@@ -76,6 +76,10 @@ class RunOut(BaseModel):
     events: list[str] | None = None
     callback_url: str | None = None
     callback_state: str | None = None
+    callback_attempts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Each delivery: time, status or error, latency"
+    )
+    callback_error: str | None = None
     idempotency_key: str | None = None
     timeout: float | None = None
     error: str | None = None
@@ -112,6 +116,10 @@ class RunOut(BaseModel):
             step: doc for step, doc in documents.items() if isinstance(doc, dict) and "url" in doc
         }
         fields["number_of_steps"] = run.get("number_of_steps") or None
+        attempts = run.get("callback_attempts")
+        fields["callback_attempts"] = (
+            [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
+        )
         return cls.model_validate(fields)
 
 

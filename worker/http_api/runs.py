@@ -173,6 +173,19 @@ def _enqueue(
     )
 
 
+def _enqueue_and_read(
+    services: Services,
+    client: Client,
+    body: RunRequest,
+    files: dict[str, ReceivedFile],
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> tuple[Run, bool]:
+    """:func:`_enqueue`, then the run's record, in one trip to a worker thread."""
+    run_id, created = _enqueue(services, client, body, files, idempotency_key, fingerprint)
+    return get_run(run_id, context=services.context), created
+
+
 async def _wait(services: Services, run_id: str, seconds: int) -> Run:
     """The run once terminal, or as it is after ``seconds``; holds no thread while waiting."""
     deadline = time.monotonic() + seconds
@@ -227,16 +240,16 @@ async def create_run_endpoint(
     """
     with ExitStack() as cleanup:
         body, files, fingerprint = await _received(request, services, cleanup)
-        run_id, created = await run_in_threadpool(
-            _enqueue, services, client, body, files, idempotency_key, fingerprint
+        run, created = await run_in_threadpool(
+            _enqueue_and_read, services, client, body, files, idempotency_key, fingerprint
         )
     response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/v1/runs/{run_id}"
+    response.headers["Location"] = f"/v1/runs/{run.run_id}"
     wait = _wait_preference(prefer)
     if wait is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
-        return RunOut.of(await _wait(services, run_id, wait))
-    run = await run_in_threadpool(get_run, run_id, context=services.context)
+        if not run.state.is_terminal:
+            run = await _wait(services, run.run_id, wait)
     return RunOut.of(run)
 
 

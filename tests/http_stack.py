@@ -11,7 +11,6 @@ runs that a real worker carries out.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -129,6 +128,4 @@ def running_api(settings: Mapping[str, object]) -> Iterator[ApiServer]:
     finally:
         code = server.stop()
         print(server.log_text()[-4000:])
-    # uvicorn re-raises the SIGTERM it handled once shut down, so -SIGTERM is a clean exit too.
-    assert code in (0, -signal.SIGTERM), f"hatz-worker serve exited {code}"
-    assert "Finished server process" in server.log_text(), "no graceful shutdown"
+    assert code == 0, f"hatz-worker serve did not shut down cleanly (exit {code})"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import make_settings
 from worker.cli.main import main
-from worker.clients import ClientExistsError, ClientRateLimit, ClientStore
+from worker.clients import Client, ClientExistsError, ClientRateLimit, ClientStore
 from worker.clients.tokens import TOKEN_PREFIX, token_hash
 from worker.context import Context
 from worker.hatz.client import HatzClient
@@ -81,15 +81,42 @@ def test_list_shows_names_and_roles_oldest_first(store: ClientStore) -> None:
     assert [(c.name, c.admin) for c in store.list()] == [("b-client", False), ("a-admin", True)]
 
 
-def test_the_rate_limit_allows_a_burst_then_asks_to_wait(fake_redis: fakeredis.FakeRedis) -> None:
+def test_the_rate_limit_allows_a_burst_then_asks_to_wait(
+    store: ClientStore, fake_redis: fakeredis.FakeRedis
+) -> None:
+    busy, quiet = store.create("busy"), store.create("quiet")
     limit = ClientRateLimit(fake_redis, Keys(), rate=1.0, burst=3)
 
-    waits = [limit.take("billing") for _ in range(4)]
+    answers = [limit.authenticate(busy) for _ in range(4)]
 
-    assert waits[:3] == [0.0, 0.0, 0.0]
-    assert 0 < waits[3] <= 1.0
-    assert limit.take("other") == 0.0  # each client has its own bucket
-    assert fake_redis.ttl("hatz:ratelimit:billing") > 0
+    assert [a[0] for a in answers] == [Client("busy")] * 4
+    assert [a[1] for a in answers[:3]] == [0.0, 0.0, 0.0]
+    assert 0 < answers[3][1] <= 1.0
+    assert limit.authenticate(quiet) == (Client("quiet"), 0.0)  # each client its own bucket
+    assert fake_redis.ttl(f"hatz:ratelimit:{token_hash(busy)}") > 0
+
+
+@pytest.mark.parametrize("token", ["", "nope", TOKEN_PREFIX + "unknown"])
+def test_an_unknown_token_takes_nothing_and_leaves_no_key(
+    store: ClientStore, fake_redis: fakeredis.FakeRedis, token: str
+) -> None:
+    limit = ClientRateLimit(fake_redis, Keys(), rate=1.0, burst=3)
+
+    assert limit.authenticate(token) == (None, 0.0)
+    assert fake_redis.keys("hatz:ratelimit:*") == []
+
+
+def test_a_revoked_client_loses_its_bucket_and_its_access(
+    store: ClientStore, fake_redis: fakeredis.FakeRedis
+) -> None:
+    token = store.create("leaver")
+    limit = ClientRateLimit(fake_redis, Keys(), rate=1.0, burst=3)
+    limit.authenticate(token)
+
+    store.revoke("leaver")
+
+    assert limit.authenticate(token) == (None, 0.0)
+    assert fake_redis.keys("hatz:*") == []
 
 
 def _cli(args: list[str], ctx: Context) -> tuple[int, str, str]:

@@ -106,3 +106,21 @@ def test_the_openapi_document_declares_bearer_auth(api: ApiServer) -> None:
     assert "Problem" in schema["components"]["schemas"]
     assert "/healthz" in schema["paths"]
     assert api.request("GET", "/docs").status_code == 200
+
+
+def test_redis_down_is_a_503_problem_not_a_500() -> None:
+    with (
+        LocalRedis() as redis,
+        running_api({"redis_url": redis.url, "base_url": "http://127.0.0.1:9/v1"}) as server,
+    ):
+        token = server.token("c")
+        redis.stop()
+
+        health = server.request("GET", "/healthz")
+        me = server.request("GET", "/v1/me", token=token)
+
+        for answer in (health, me):
+            assert answer.status_code == 503
+            assert answer.headers["Content-Type"] == PROBLEM
+            assert int(answer.headers["Retry-After"]) > 0
+        assert "Traceback" not in server.log_text()

@@ -97,6 +97,18 @@ def test_a_multipart_run_with_a_file_completes_and_its_callback_verifies(apis: A
     payload = standardwebhooks.Webhook(SECRET).verify(delivery["body"], delivery["headers"])
     assert payload["type"] == "workflow_run.completed"
     assert payload["data"]["metadata"] == {"o": 7}
+    wait_until(
+        lambda: (
+            apis.api.request("GET", f"/v1/runs/{run['run_id']}", token=apis.alice).json()[
+                "callback_state"
+            ]
+            == "delivered"
+        ),
+        timeout=10,
+        message="callback recorded as delivered",
+    )
+    after = apis.api.request("GET", f"/v1/runs/{run['run_id']}", token=apis.alice).json()
+    assert [a.get("status") for a in after["callback_attempts"]] == [200]
 
 
 def test_a_file_over_the_cap_is_413_and_nothing_is_enqueued(apis: Apis) -> None:
@@ -291,3 +303,51 @@ def test_a_revoked_token_gets_401(apis: Apis) -> None:
 
     assert answer.status_code == 401
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_multipart_retry_with_the_same_key_uploads_nothing_again(apis: Apis) -> None:
+    app = apis.stack.app(
+        user_inputs=[FakeInput("report", variable_type="file_upload", required=True)]
+    )
+
+    def send(content: bytes) -> Any:
+        return apis.api.request(
+            "POST",
+            "/v1/runs",
+            token=apis.alice,
+            data={"request": json.dumps({"app_id": app.id})},
+            files={"report": ("r.csv", content, "text/csv")},
+            headers={"Idempotency-Key": f"upload-{app.id}"},
+        )
+
+    first = send(b"a,b\n1,2\n")
+    uploads = len(apis.stack.calls("upload"))
+    again = send(b"a,b\n1,2\n")
+    changed = send(b"a,b\n3,4\n")
+
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["run_id"] == first.json()["run_id"]
+    assert changed.status_code == 409
+    assert len(apis.stack.calls("upload")) == uploads
+
+
+def test_uploads_by_the_api_count_in_the_shared_metrics(apis: Apis) -> None:
+    app = apis.stack.app(user_inputs=[FakeInput("report", variable_type="file_upload")])
+    metrics = apis.stack.context.keys.metrics
+
+    def uploads_counted() -> int:
+        fields: dict[str, str] = apis.stack.context.redis.hgetall(metrics)  # type: ignore[assignment]
+        return sum(int(v) for k, v in fields.items() if "upload" in k and k.startswith("api"))
+
+    before = uploads_counted()
+    answer = apis.api.request(
+        "POST",
+        "/v1/runs",
+        token=apis.alice,
+        data={"request": json.dumps({"app_id": app.id})},
+        files={"report": ("r.csv", b"x", "text/csv")},
+    )
+
+    assert answer.status_code == 201
+    assert uploads_counted() == before + 1

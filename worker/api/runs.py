@@ -21,7 +21,7 @@ from celery import Celery
 
 from worker import task_names
 from worker.context import Context, get_context
-from worker.errors import InvalidRunError
+from worker.errors import IdempotencyConflictError, InvalidRunError
 from worker.runs.cancel import cancel
 from worker.runs.request import check_request
 from worker.runs.submit import submit_hint
@@ -114,6 +114,33 @@ def create_run(
 
         publish([Next(task_names.SUBMIT, (run_id, 0, submit_hint(params)))], celery)
     return run_id, created
+
+
+def find_idempotent_run(
+    idempotency_key: str,
+    *,
+    request_fingerprint: str,
+    client: str | None = None,
+    context: Context | None = None,
+) -> str | None:
+    """The run an earlier request with this key made, or None if the key is new.
+
+    Lets a caller skip costly preparation (uploading a request's files) for a
+    retry. Raises :class:`IdempotencyConflictError` when the earlier request
+    differed. :func:`create_run` checks again, atomically, when it records.
+    """
+    ctx = context or get_context()
+    key = client_idempotency_key(client, idempotency_key) if client else idempotency_key
+    found = ctx.ledger.idempotent_run(key)
+    if found is None:
+        return None
+    run_id, existing = found
+    if existing != request_fingerprint:
+        raise IdempotencyConflictError(
+            f"idempotency key {idempotency_key!r} was already used for run {run_id} "
+            "with different parameters"
+        )
+    return run_id
 
 
 def client_idempotency_key(client: str, key: str) -> str:
@@ -217,9 +244,9 @@ def page_runs(
         if not ids:
             return RunPage(runs, None)
         scanned += len(ids)
-        for run_id, created in ids:
+        records = ctx.ledger.get_many([run_id for run_id, _ in ids])
+        for (run_id, created), run in zip(ids, records, strict=True):
             position = (created, run_id)
-            run = ctx.ledger.get(run_id)
             if run is None or (wanted is not None and run.state is not wanted):
                 continue
             if app_id is not None and run.get("app_id") != app_id:

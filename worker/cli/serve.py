@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from types import FrameType
 
 import click
 
@@ -11,7 +13,9 @@ from worker.cli.params import CommandGroup, json_option
 from worker.cli.runtime import EXIT_FAILED, EXIT_OK, Runtime
 from worker.clients import ClientStore
 from worker.clients.tokens import check_name
+from worker.context import Context
 from worker.http_api.app import Extension
+from worker.ops.logs import configure_logging
 
 
 def app_extensions() -> list[Extension]:
@@ -36,17 +40,34 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
 
     from worker.http_api.app import create_app
 
-    app = create_app(rt.context, celery=rt.celery, extensions=app_extensions())
+    # The worker's log format (HATZ_LOG_JSON) and redaction for uvicorn's lines too.
+    configure_logging(rt.settings)
+    # Metrics unbuffered: uploads call Hatz from request threads, outside any task.
+    context = Context.from_settings(rt.settings, buffered_metrics=False)
+    app = create_app(context, celery=rt.celery, extensions=app_extensions())
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        log_config=None,
         log_level=rt.settings.log_level.lower(),
         server_header=False,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the handler it
+    # found; with this one that ends the process with exit 0, as a warm worker shutdown does.
+    previous = signal.signal(signal.SIGTERM, _after_graceful_shutdown)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        context.client.close()
+        context.redis.close()
     return EXIT_OK
+
+
+def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM once uvicorn has already shut down: nothing is left to stop."""
 
 
 @click.group("tokens", cls=CommandGroup, short_help="HTTP API client tokens")

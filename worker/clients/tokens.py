@@ -58,6 +58,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def client_from_record(raw: str | bytes) -> Client:
+    """The :class:`Client` a token's record (``P:token:<sha256>``) names."""
+    record = json.loads(raw)
+    return Client(name=str(record["name"]), admin=bool(record["admin"]))
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid client name; raises ValueError otherwise."""
     if not _NAME.match(name):
@@ -117,7 +123,7 @@ class ClientStore:
             pipe.multi()
             pipe.delete(self.keys.client(name), self.keys.client_token(str(digest)))
             pipe.zrem(self.keys.clients, name)
-            pipe.delete(self.keys.rate_limit(name))
+            pipe.delete(self.keys.rate_limit(str(digest)))
             try:
                 pipe.execute()
             except redis.WatchError:
@@ -142,7 +148,4 @@ class ClientStore:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 256:
             return None
         raw = self.redis.get(self.keys.client_token(token_hash(token)))
-        if raw is None:
-            return None
-        record = json.loads(raw)
-        return Client(name=str(record["name"]), admin=bool(record["admin"]))
+        return None if raw is None else client_from_record(raw)

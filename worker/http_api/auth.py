@@ -37,14 +37,13 @@ def authenticate(services: Services, token: str | None) -> Client:
             "a bearer token is required (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'},
         )
-    client = services.clients.verify(token)
+    client, wait = services.rate_limit.authenticate(token)
     if client is None:
         raise ProblemError(
             401,
             "the bearer token is not valid (unknown or revoked)",
             headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'},
         )
-    wait = services.rate_limit.take(client.name)
     if wait > 0:
         raise ProblemError(
             429,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -40,6 +41,15 @@ class RunRequest(BaseModel):
             raise ValueError(SERVER_PATHS_REFUSED)
         return data
 
+    @model_validator(mode="after")
+    def _strict_json(self) -> RunRequest:
+        # NaN and Infinity parse, but are not JSON: Hatz and callback receivers would choke.
+        try:
+            json.dumps([self.inputs, self.metadata], allow_nan=False)
+        except ValueError:
+            raise ValueError("inputs and metadata may not hold NaN or Infinity") from None
+        return self
+
 
 class Document(BaseModel):
     """A generated document: a presigned URL and when it expires (epoch seconds)."""
@@ -66,6 +76,10 @@ class RunOut(BaseModel):
     events: list[str] | None = None
     callback_url: str | None = None
     callback_state: str | None = None
+    callback_attempts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Each delivery: time, status or error, latency"
+    )
+    callback_error: str | None = None
     idempotency_key: str | None = None
     timeout: float | None = None
     error: str | None = None
@@ -102,6 +116,10 @@ class RunOut(BaseModel):
             step: doc for step, doc in documents.items() if isinstance(doc, dict) and "url" in doc
         }
         fields["number_of_steps"] = run.get("number_of_steps") or None
+        attempts = run.get("callback_attempts")
+        fields["callback_attempts"] = (
+            [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
+        )
         return cls.model_validate(fields)
 
 

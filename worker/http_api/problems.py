@@ -22,7 +22,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from worker.errors import IdempotencyConflictError, InvalidRunError, RunNotFoundError
+from worker.errors import (
+    HatzError,
+    IdempotencyConflictError,
+    InvalidRunError,
+    RunNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +156,11 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(404, str(exc))
 
 
+async def _hatz_failed(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("Hatz API call failed: %s", exc)
+    return problem_response(502, f"the Hatz API call failed: {exc}")
+
+
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis unavailable: %s", exc)
     return problem_response(503, "the run store is unavailable", headers={"Retry-After": "5"})
@@ -169,5 +179,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRunError, _invalid_run)
     app.add_exception_handler(IdempotencyConflictError, _conflict)
     app.add_exception_handler(RunNotFoundError, _not_found)
+    app.add_exception_handler(HatzError, _hatz_failed)
     app.add_exception_handler(redis.RedisError, _redis_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from worker.api.runs import cancel_run, create_run, get_run, page_runs
+from worker.api.runs import cancel_run, create_run, find_idempotent_run, get_run, page_runs
 from worker.clients import Client
 from worker.errors import HatzError, RunNotFoundError
 from worker.http_api.auth import CurrentClient
@@ -67,14 +68,14 @@ def _owned(run: Run, client: Client) -> Run:
     """``run`` if ``client`` may see it; otherwise 404, exactly as for an unknown id."""
     if client.admin or run.get("client") == client.name:
         return run
-    raise ProblemError(404, f"no run {run.run_id!r}")
+    raise ProblemError(404, f"no run {run.run_id[:100]!r}")
 
 
 def _find(services: Services, run_id: str, client: Client) -> Run:
     try:
         run = get_run(run_id, context=services.context)
     except RunNotFoundError:
-        raise ProblemError(404, f"no run {run_id!r}") from None
+        raise ProblemError(404, f"no run {run_id[:100]!r}") from None
     return _owned(run, client)
 
 
@@ -117,11 +118,13 @@ def _upload(services: Services, files: dict[str, ReceivedFile]) -> dict[str, str
     return uuids
 
 
-def _fingerprint(raw: bytes, files: dict[str, ReceivedFile]) -> str:
-    """The request as sent (its JSON and its files' contents), to compare idempotent retries."""
-    request = json.loads(raw) if raw else None
+def _fingerprint(body: RunRequest, files: dict[str, ReceivedFile]) -> str:
+    """The request (its fields and its files' contents), to compare idempotent retries."""
     canonical = json.dumps(
-        {"request": request, "files": {n: f.sha256 for n, f in sorted(files.items())}},
+        {
+            "request": body.model_dump(mode="json"),
+            "files": {n: f.sha256 for n, f in sorted(files.items())},
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -132,17 +135,28 @@ def _enqueue(
     services: Services,
     client: Client,
     body: RunRequest,
-    file_uuids: dict[str, str],
+    files: dict[str, ReceivedFile],
     idempotency_key: str | None,
     fingerprint: str,
 ) -> tuple[str, bool]:
-    clash = sorted(set(file_uuids) & set(body.inputs))
+    """Upload the files (unless this is a retry of a request already made) and record the run."""
+    clash = sorted(set(files) & set(body.inputs))
     if clash:
         raise ProblemError(
             422,
             "the run request is not valid",
             errors=[f"input {n!r} given both as a value and as a file" for n in clash],
         )
+    if files and idempotency_key:
+        existing = find_idempotent_run(
+            idempotency_key,
+            request_fingerprint=fingerprint,
+            client=client.name,
+            context=services.context,
+        )
+        if existing is not None:
+            return existing, False  # its files were uploaded the first time
+    file_uuids = _upload(services, files)
     return create_run(
         body.app_id,
         {**body.inputs, **file_uuids},
@@ -159,6 +173,19 @@ def _enqueue(
     )
 
 
+def _enqueue_and_read(
+    services: Services,
+    client: Client,
+    body: RunRequest,
+    files: dict[str, ReceivedFile],
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> tuple[Run, bool]:
+    """:func:`_enqueue`, then the run's record, in one trip to a worker thread."""
+    run_id, created = _enqueue(services, client, body, files, idempotency_key, fingerprint)
+    return get_run(run_id, context=services.context), created
+
+
 async def _wait(services: Services, run_id: str, seconds: int) -> Run:
     """The run once terminal, or as it is after ``seconds``; holds no thread while waiting."""
     deadline = time.monotonic() + seconds
@@ -169,24 +196,21 @@ async def _wait(services: Services, run_id: str, seconds: int) -> Run:
         await asyncio.sleep(min(WAIT_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-async def _received(request: Request, services: Services) -> tuple[RunRequest, dict[str, str], str]:
-    """The run request, the ``file_uuid`` of each uploaded file, and the request's fingerprint."""
+async def _received(
+    request: Request, services: Services, cleanup: ExitStack
+) -> tuple[RunRequest, dict[str, ReceivedFile], str]:
+    """The run request, its files (on disk until ``cleanup`` closes) and its fingerprint."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        with tempfile.TemporaryDirectory(prefix="hatz-upload-") as directory:
-            raw, files = await receive_multipart(
-                content_type,
-                request.stream(),
-                Path(directory),
-                services.context.settings.upload_max_bytes,
-            )
-            body = _parse_request(raw)
-            uuids = await run_in_threadpool(_upload, services, files)
-        return body, uuids, _fingerprint(raw, files)
+        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hatz-upload-"))
+        cap = services.context.settings.upload_max_bytes
+        raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
+        body = _parse_request(raw)
+        return body, files, _fingerprint(body, files)
     if media in {"application/json", ""} or media.endswith("+json"):
-        raw = await _read_json(request)
-        return _parse_request(raw), {}, _fingerprint(raw, {})
+        body = _parse_request(await _read_json(request))
+        return body, {}, _fingerprint(body, {})
     raise ProblemError(415, "send application/json, or multipart/form-data with files")
 
 
@@ -214,33 +238,22 @@ async def create_run_endpoint(
     (``200``); with another request, ``409``. ``Prefer: wait=N`` (N ≤ 60) answers
     when the run ends or after N seconds.
     """
-    body, uuids, fingerprint = await _received(request, services)
-    run, created = await run_in_threadpool(
-        _enqueued, services, client, body, uuids, idempotency_key, fingerprint
-    )
+    with ExitStack() as cleanup:
+        body, files, fingerprint = await _received(request, services, cleanup)
+        run, created = await run_in_threadpool(
+            _enqueue_and_read, services, client, body, files, idempotency_key, fingerprint
+        )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/runs/{run.run_id}"
     wait = _wait_preference(prefer)
     if wait is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
-        return RunOut.of(await _wait(services, run.run_id, wait))
+        if not run.state.is_terminal:
+            run = await _wait(services, run.run_id, wait)
     return RunOut.of(run)
 
 
-def _enqueued(
-    services: Services,
-    client: Client,
-    body: RunRequest,
-    file_uuids: dict[str, str],
-    idempotency_key: str | None,
-    fingerprint: str,
-) -> tuple[Run, bool]:
-    """:func:`_enqueue`, then the run as recorded, in one worker-thread hop."""
-    run_id, created = _enqueue(services, client, body, file_uuids, idempotency_key, fingerprint)
-    return get_run(run_id, context=services.context), created
-
-
-@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 429))
+@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429))
 def get_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
     """One run: state, job, timestamps, step outputs, documents, error, metadata."""
     return RunOut.of(_find(services, run_id, client))
@@ -270,7 +283,7 @@ def list_runs_endpoint(
     return RunList(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
 
 
-@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 429))
+@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429))
 def cancel_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
     """Stop following a run (``CANCELED``). A job already at Hatz keeps running there."""
     _find(services, run_id, client)

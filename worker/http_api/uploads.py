@@ -65,6 +65,10 @@ class _Receiver:
         self.headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
+        self.ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         self.part = _Part()
@@ -167,6 +171,7 @@ async def receive_multipart(
             "on_header_value",
             "on_header_end",
             "on_headers_finished",
+            "on_end",
         )
     }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
@@ -178,8 +183,8 @@ async def receive_multipart(
         raise ProblemError(422, f"malformed multipart body: {exc}") from None
     finally:
         receiver.close()
-    if any(not f.sha256 for f in receiver.files.values()):
-        raise ProblemError(422, "the multipart body ended in the middle of a file")
+    if not receiver.ended or any(not f.sha256 for f in receiver.files.values()):
+        raise ProblemError(422, "the multipart body ended early (no closing boundary)")
     if receiver.request is None:
         raise ProblemError(422, f"the multipart body has no {REQUEST_PART!r} part (the run JSON)")
     return receiver.request, receiver.files

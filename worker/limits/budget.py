@@ -55,14 +55,12 @@ class ApiBudget:
         *,
         max_wait: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
-        capacity: float | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.key = key
         self.rate = rate
-        # One second's worth by default; another bucket (a client's, say) may allow a burst.
-        self.capacity = max(1.0, rate if capacity is None else capacity)
+        self.capacity = max(1.0, rate)
         self.max_wait = max_wait
         self._sleep = sleep
         self._take = client.register_script(_TAKE)

@@ -37,9 +37,10 @@ key                             type    what
                                         (removed by ``tokens revoke``)
 ``P:token:<sha256>``            string  a client token's hash -> ``{"name", "admin"}``;
                                         deleted with its client by ``tokens revoke``
-``P:ratelimit:<name>``          hash    a client's request token bucket (1 h TTL)
+``P:ratelimit:<sha256>``        hash    a client token's request bucket (1 h TTL)
 ``P:client-runs:<name>``        zset    run ids a client created, by creation time;
-                                        trimmed past ``HATZ_RUN_RETENTION`` on every add
+                                        trimmed past ``HATZ_RUN_RETENTION`` on every page
+                                        read and about one add in 32
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -175,9 +176,9 @@ class Keys:
         """A client token's hash -> the client it belongs to."""
         return f"{self.prefix}:token:{token_hash}"
 
-    def rate_limit(self, name: str) -> str:
-        """A client's request token bucket."""
-        return f"{self.prefix}:ratelimit:{name}"
+    def rate_limit(self, bucket: str) -> str:
+        """A request token bucket (an HTTP API client's: named by its token's hash)."""
+        return f"{self.prefix}:ratelimit:{bucket}"
 
     def client_runs(self, name: str) -> str:
         """Run ids one HTTP API client created, by creation time."""

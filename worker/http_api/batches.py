@@ -55,7 +55,7 @@ SERVER_PATHS_REFUSED = (
 class BatchOptions(BaseModel):
     """How to run a batch's rows (every field but the rows themselves)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types as the schema says
 
     app_id: str = Field(min_length=1, max_length=200, description="The workflow's id")
     inputs: dict[str, Any] | None = Field(

@@ -18,7 +18,7 @@ SERVER_PATHS_REFUSED = (
 class RunRequest(BaseModel):
     """``POST /v1/runs``: the JSON body, or the ``request`` part of a multipart body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types as the schema says
 
     app_id: str = Field(min_length=1, max_length=200, description="The workflow's id")
     inputs: dict[str, Any] = Field(

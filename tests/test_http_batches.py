@@ -306,3 +306,41 @@ def test_batches_and_apps_need_a_token(apis: Apis) -> None:
         answer = apis.api.request(method, path)
         assert answer.status_code == 401, (path, answer.text)
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_rows_file_format_comes_from_the_request_when_its_name_says_nothing(apis: Apis) -> None:
+    app = _topic_app(apis)
+    files = {"file": ("export.txt", b"topic\nalpha\n", "text/plain")}
+
+    unnamed = apis.api.request(
+        "POST",
+        "/v1/batches",
+        token=apis.alice,
+        data={"request": json.dumps({"app_id": app.id})},
+        files=files,
+    )
+    named = apis.api.request(
+        "POST",
+        "/v1/batches",
+        token=apis.alice,
+        data={"request": json.dumps({"app_id": app.id, "format": "csv"})},
+        files=files,
+    )
+
+    assert unnamed.status_code == 422, unnamed.text
+    assert "format" in unnamed.json()["errors"][0]
+    assert named.status_code == 201, named.text
+    assert named.json()["total"] == 1
+
+
+def test_a_batch_body_neither_json_nor_multipart_is_415(apis: Apis) -> None:
+    answer = apis.api.request(
+        "POST",
+        "/v1/batches",
+        token=apis.alice,
+        data=b"topic\nx\n",
+        headers={"Content-Type": "text/csv"},
+    )
+
+    assert answer.status_code == 415, answer.text
+    assert answer.headers["content-type"] == PROBLEM

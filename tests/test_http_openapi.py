@@ -113,6 +113,7 @@ def test_the_schema_documents_every_endpoint_with_its_problems(api: ApiServer) -
             assert errors, f"{method} {path} documents no error answer"
             for code, answer in errors.items():
                 assert set(answer["content"]) == {"application/problem+json"}, (path, code)
+            assert "503" in answers, f"{method} {path}"  # Redis unreachable
             if path.startswith("/v1/"):
                 assert "401" in answers, f"{method} {path}"
                 assert "429" in answers, f"{method} {path}"

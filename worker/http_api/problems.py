@@ -91,10 +91,14 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def problem_validation_responses(schema: dict[str, Any]) -> None:
     """Make every ``422`` FastAPI documents by itself (``HTTPValidationError`` as
-    ``application/json``) say what is really answered: a problem."""
+    ``application/json``) say what is really answered: a problem; and document on
+    every operation the ``503`` any of them answers while Redis is unreachable."""
+    unavailable = problem_responses(503)[503]
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
-            answer = operation.get("responses", {}).get("422")
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("503", unavailable)
+            answer = responses.get("422")
             if answer is None or PROBLEM_JSON in answer.get("content", {}):
                 continue
             answer["content"] = problem_responses(422)[422]["content"]

@@ -221,7 +221,7 @@ async def _received(
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
         200: {"model": RunOut, "description": "An idempotent retry: the run made the first time"},
-        **problem_responses(401, 409, 413, 415, 422, 429, 502),
+        **problem_responses(401, 409, 413, 415, 422, 429, 502, 503),
     },
 )
 async def create_run_endpoint(
@@ -253,13 +253,13 @@ async def create_run_endpoint(
     return RunOut.of(run)
 
 
-@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429))
+@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429, 503))
 def get_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
     """One run: state, job, timestamps, step outputs, documents, error, metadata."""
     return RunOut.of(_find(services, run_id, client))
 
 
-@router.get("/runs", responses=problem_responses(401, 422, 429))
+@router.get("/runs", responses=problem_responses(401, 422, 429, 503))
 def list_runs_endpoint(
     client: CurrentClient,
     services: ServicesDep,
@@ -283,7 +283,7 @@ def list_runs_endpoint(
     return RunList(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
 
 
-@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429))
+@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429, 503))
 def cancel_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
     """Stop following a run (``CANCELED``). A job already at Hatz keeps running there."""
     _find(services, run_id, client)

@@ -356,3 +356,30 @@ def test_uploads_by_the_api_count_in_the_shared_metrics(apis: Apis) -> None:
 
     assert answer.status_code == 201
     assert uploads_counted() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "problem"),
+    [
+        ({"callback_url": "ftp://example.invalid/"}, "callback_url"),
+        ({"inputs": {"report": "a value"}}, "given both as a value and as a file"),
+        ({"events": ["workflow_run.exploded"]}, "unknown callback events"),
+    ],
+)
+def test_a_bad_multipart_run_is_refused_before_any_upload(
+    apis: Apis, request_fields: dict[str, Any], problem: str
+) -> None:
+    app = apis.stack.app(user_inputs=[FakeInput("report", variable_type="file_upload")])
+    uploads = len(apis.stack.calls("upload"))
+
+    answer = apis.api.request(
+        "POST",
+        "/v1/runs",
+        token=apis.alice,
+        data={"request": json.dumps({"app_id": app.id, **request_fields})},
+        files={"report": ("r.csv", b"a,b\n", "text/csv")},
+    )
+
+    assert answer.status_code == 422
+    assert problem in " ".join(answer.json()["errors"])
+    assert len(apis.stack.calls("upload")) == uploads

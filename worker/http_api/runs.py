@@ -19,7 +19,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from worker.api.runs import cancel_run, create_run, find_idempotent_run, get_run, page_runs
+from worker.api.runs import (
+    cancel_run,
+    check_run,
+    create_run,
+    find_idempotent_run,
+    get_run,
+    page_runs,
+)
 from worker.clients import Client
 from worker.errors import HatzError, RunNotFoundError
 from worker.http_api.auth import CurrentClient
@@ -140,12 +147,16 @@ def _enqueue(
     fingerprint: str,
 ) -> tuple[str, bool]:
     """Upload the files (unless this is a retry of a request already made) and record the run."""
-    clash = sorted(set(files) & set(body.inputs))
-    if clash:
-        raise ProblemError(
-            422,
-            "the run request is not valid",
-            errors=[f"input {n!r} given both as a value and as a file" for n in clash],
+    if files:  # every problem before anything is uploaded
+        check_run(
+            body.app_id,
+            body.inputs,
+            files={name: received.path for name, received in files.items()},
+            callback_url=body.callback_url,
+            metadata=body.metadata,
+            events=body.events,
+            timeout=body.timeout,
+            context=services.context,
         )
     if files and idempotency_key:
         existing = find_idempotent_run(

@@ -2,6 +2,9 @@
 
 A client sees, lists and cancels only the runs it created (another client's
 run answers ``404``, as an unknown id does); an admin token sees them all.
+Handlers check the token themselves (``BearerToken`` + ``authenticate``), in
+the worker thread they run in anyway: under load each extra thread hop costs
+as much as the Redis calls of a request.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from worker.api.runs import (
 )
 from worker.clients import Client
 from worker.errors import HatzError, RunNotFoundError
-from worker.http_api.auth import CurrentClient
+from worker.http_api.auth import BearerToken, authenticate
 from worker.http_api.models import RunList, RunOut, RunRequest
 from worker.http_api.problems import ProblemError, problem_responses
 from worker.http_api.services import Services, get_services
@@ -238,7 +241,7 @@ async def _received(
 async def create_run_endpoint(
     request: Request,
     response: Response,
-    client: CurrentClient,
+    token: BearerToken,
     services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[str | None, Header()] = None,
@@ -249,6 +252,7 @@ async def create_run_endpoint(
     (``200``); with another request, ``409``. ``Prefer: wait=N`` (N ≤ 60) answers
     when the run ends or after N seconds.
     """
+    client = await run_in_threadpool(authenticate, services, token)
     with ExitStack() as cleanup:
         body, files, fingerprint = await _received(request, services, cleanup)
         run, created = await run_in_threadpool(
@@ -265,14 +269,15 @@ async def create_run_endpoint(
 
 
 @router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429, 503))
-def get_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
+def get_run_endpoint(run_id: str, token: BearerToken, services: ServicesDep) -> RunOut:
     """One run: state, job, timestamps, step outputs, documents, error, metadata."""
+    client = authenticate(services, token)
     return RunOut.of(_find(services, run_id, client))
 
 
 @router.get("/runs", responses=problem_responses(401, 422, 429, 503))
 def list_runs_endpoint(
-    client: CurrentClient,
+    token: BearerToken,
     services: ServicesDep,
     state: RunState | None = None,
     app_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -280,6 +285,7 @@ def list_runs_endpoint(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> RunList:
     """The client's runs (an admin: everyone's), newest first, a page at a time."""
+    client = authenticate(services, token)
     try:
         page = page_runs(
             client=None if client.admin else client.name,
@@ -295,8 +301,9 @@ def list_runs_endpoint(
 
 
 @router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429, 503))
-def cancel_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
+def cancel_run_endpoint(run_id: str, token: BearerToken, services: ServicesDep) -> RunOut:
     """Stop following a run (``CANCELED``). A job already at Hatz keeps running there."""
+    client = authenticate(services, token)
     _find(services, run_id, client)
     if not cancel_run(run_id, context=services.context, celery=services.celery):
         run = get_run(run_id, context=services.context)

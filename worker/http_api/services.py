@@ -41,7 +41,7 @@ class Services:
         )
 
 
-def get_services(request: Request) -> Services:
-    """The app's :class:`Services` (a FastAPI dependency)."""
+async def get_services(request: Request) -> Services:
+    """The app's :class:`Services` (a FastAPI dependency; async, so it costs no thread)."""
     services: Services = request.app.state.services
     return services

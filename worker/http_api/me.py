@@ -19,6 +19,6 @@ class Me(BaseModel):
 
 
 @router.get("/me", responses=problem_responses(401, 429, 503))
-def me(client: CurrentClient) -> Me:
+async def me(client: CurrentClient) -> Me:
     """The client the bearer token belongs to."""
     return Me(name=client.name, admin=client.admin)

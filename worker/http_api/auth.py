@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from worker.clients import Client
 from worker.http_api.problems import ProblemError
-from worker.http_api.services import Services, get_services
+from worker.http_api.services import Services, ServicesDep
 
 REALM = "hatz-worker"
 
@@ -54,7 +54,7 @@ def authenticate(services: Services, token: str | None) -> Client:
 
 
 def current_client(
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Client:
     """The calling client (a FastAPI dependency; it runs in a worker thread of its own)."""

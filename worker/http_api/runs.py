@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
@@ -35,13 +35,12 @@ from worker.errors import HatzError, RunNotFoundError
 from worker.http_api.auth import BearerToken, authenticate
 from worker.http_api.models import RunList, RunOut, RunRequest
 from worker.http_api.problems import ProblemError, problem_responses
-from worker.http_api.services import Services, get_services
+from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, ReceivedFile, receive_multipart
 from worker.store.ledger import Run, RunState
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 #: ``Prefer: wait=N`` waits at most this long, s.
 MAX_WAIT = 60

@@ -33,8 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 class ApiServer:
     """``python -m worker.cli.main serve`` as a subprocess with explicit settings."""
 
-    def __init__(self, settings: Mapping[str, object], *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, object],
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = {"api_key": API_KEY, **settings}
+        self.env = dict(env or {})
         self.port = port or free_port()
         fd, self.log_path = tempfile.mkstemp(prefix="hatz-api-", suffix=".log")
         os.close(fd)
@@ -52,6 +59,7 @@ class ApiServer:
         """Start the process; its output goes to :attr:`log_path`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HATZ_")}
         env.update(settings_env(self.settings))
+        env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         command = [sys.executable, "-m", "worker.cli.main", "serve", "--port", str(self.port)]
@@ -119,9 +127,14 @@ class ApiServer:
 
 
 @contextmanager
-def running_api(settings: Mapping[str, object]) -> Iterator[ApiServer]:
-    """A started, ready API server; stopped (and checked to exit cleanly) afterwards."""
-    server = ApiServer(settings).start()
+def running_api(
+    settings: Mapping[str, object], *, env: Mapping[str, str] | None = None
+) -> Iterator[ApiServer]:
+    """A started, ready API server; stopped (and checked to exit cleanly) afterwards.
+
+    ``env``: more environment for the process (e.g. its own ``TMPDIR``).
+    """
+    server = ApiServer(settings, env=env).start()
     try:
         server.wait_ready()
         yield server

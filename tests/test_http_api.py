@@ -124,3 +124,23 @@ def test_redis_down_is_a_503_problem_not_a_500() -> None:
             assert answer.headers["Content-Type"] == PROBLEM
             assert int(answer.headers["Retry-After"]) > 0
         assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/runs"),
+        ("GET", "/v1/runs"),
+        ("GET", "/v1/runs/x"),
+        ("POST", "/v1/runs/x/cancel"),
+    ],
+)
+def test_every_runs_endpoint_asks_for_a_token_before_reading_the_request(
+    api: ApiServer, method: str, path: str
+) -> None:
+    answer = api.request(
+        method, path, data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer ")

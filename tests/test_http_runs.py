@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,11 +39,12 @@ WORKER_SETTINGS: dict[str, Any] = {
 
 
 class Apis:
-    """The stack, the API process and three clients' tokens."""
+    """The stack, the API process (with its own temporary directory) and three clients."""
 
-    def __init__(self, stack: Stack, api: ApiServer) -> None:
+    def __init__(self, stack: Stack, api: ApiServer, tmp: Path) -> None:
         self.stack = stack
         self.api = api
+        self.tmp = tmp
         self.alice = api.token("alice")
         self.bob = api.token("bob")
         self.admin = api.token("root", admin=True)
@@ -53,12 +55,13 @@ class Apis:
 
 
 @pytest.fixture(scope="module")
-def apis() -> Iterator[Apis]:
+def apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apis]:
     """One stack and one API process for the module."""
+    tmp = tmp_path_factory.mktemp("api-tmp")
     with running_stack(values=WORKER_SETTINGS) as stack:
         settings = {**stack.values, "upload_max_bytes": UPLOAD_CAP, "client_rate_burst": 1000}
-        with running_api(settings) as api:
-            yield Apis(stack, api)
+        with running_api(settings, env={"TMPDIR": str(tmp)}) as api:
+            yield Apis(stack, api, tmp)
 
 
 def test_a_multipart_run_with_a_file_completes_and_its_callback_verifies(apis: Apis) -> None:
@@ -92,6 +95,7 @@ def test_a_multipart_run_with_a_file_completes_and_its_callback_verifies(apis: A
     assert uploaded["sha256"] == hashlib.sha256(content).hexdigest()
     assert uploaded["filename"] == "sales 2026.csv"
     assert len(run["documents"]) == 1
+    assert list(apis.tmp.iterdir()) == []  # the received file is gone
     wait_until(lambda: apis.stack.deliveries_for(run["run_id"]), timeout=10, message="callback")
     (delivery,) = apis.stack.deliveries_for(run["run_id"])
     payload = standardwebhooks.Webhook(SECRET).verify(delivery["body"], delivery["headers"])
@@ -126,6 +130,7 @@ def test_a_file_over_the_cap_is_413_and_nothing_is_enqueued(apis: Apis) -> None:
     assert answer.status_code == 413
     assert answer.headers["Content-Type"] == PROBLEM
     assert "HATZ_UPLOAD_MAX_BYTES" in answer.json()["detail"]
+    assert list(apis.tmp.iterdir()) == []
     assert len(apis.stack.calls("upload")) == uploads_before
     listed = apis.api.request("GET", f"/v1/runs?app_id={app.id}", token=apis.alice).json()
     assert listed["runs"] == []
@@ -351,3 +356,30 @@ def test_uploads_by_the_api_count_in_the_shared_metrics(apis: Apis) -> None:
 
     assert answer.status_code == 201
     assert uploads_counted() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "problem"),
+    [
+        ({"callback_url": "ftp://example.invalid/"}, "callback_url"),
+        ({"inputs": {"report": "a value"}}, "given both as a value and as a file"),
+        ({"events": ["workflow_run.exploded"]}, "unknown callback events"),
+    ],
+)
+def test_a_bad_multipart_run_is_refused_before_any_upload(
+    apis: Apis, request_fields: dict[str, Any], problem: str
+) -> None:
+    app = apis.stack.app(user_inputs=[FakeInput("report", variable_type="file_upload")])
+    uploads = len(apis.stack.calls("upload"))
+
+    answer = apis.api.request(
+        "POST",
+        "/v1/runs",
+        token=apis.alice,
+        data={"request": json.dumps({"app_id": app.id, **request_fields})},
+        files={"report": ("r.csv", b"a,b\n", "text/csv")},
+    )
+
+    assert answer.status_code == 422
+    assert problem in " ".join(answer.json()["errors"])
+    assert len(apis.stack.calls("upload")) == uploads

@@ -116,6 +116,26 @@ def create_run(
     return run_id, created
 
 
+def check_run(
+    app_id: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
+    callback_url: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    events: Iterable[str] | None = None,
+    timeout: float | None = None,
+    context: Context | None = None,
+) -> None:
+    """Check a run request as :func:`enqueue_run` would, recording nothing.
+
+    Raises :class:`InvalidRunError` listing every problem. For a caller with
+    costly work to do before it enqueues (uploading the request's files).
+    """
+    ctx = context or get_context()
+    _checked_params(ctx, app_id, inputs, files, callback_url, metadata, False, events, timeout)
+
+
 def find_idempotent_run(
     idempotency_key: str,
     *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -13,11 +13,9 @@ from worker.errors import HatzError, HatzNotFoundError
 from worker.hatz.types import App
 from worker.http_api.auth import CurrentClient
 from worker.http_api.problems import ProblemError, problem_responses
-from worker.http_api.services import Services, get_services
+from worker.http_api.services import ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["apps"])
-
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 class AppInput(BaseModel):

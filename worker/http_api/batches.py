@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,12 +30,10 @@ from worker.clients import Client
 from worker.errors import BatchNotFoundError, HatzError, InvalidBatchError
 from worker.http_api.auth import CurrentClient
 from worker.http_api.problems import ProblemError, problem_responses
-from worker.http_api.services import Services, get_services
+from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, receive_multipart
 
 router = APIRouter(prefix="/v1", tags=["batches"])
-
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 #: The multipart part holding the rows file.
 FILE_PART = "file"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 from worker.http_api.problems import problem_responses
-from worker.http_api.services import Services, get_services
+from worker.http_api.services import ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ class Health(BaseModel):
 
 
 @router.get("/healthz", responses=problem_responses(503))
-def healthz(services: Annotated[Services, Depends(get_services)]) -> Health:
+def healthz(services: ServicesDep) -> Health:
     """``200 {"status": "ok"}`` when Redis answers; ``503`` problem when it does not."""
     services.context.redis.ping()
     return Health()

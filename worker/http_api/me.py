@@ -18,7 +18,7 @@ class Me(BaseModel):
     admin: bool
 
 
-@router.get("/me", responses=problem_responses(401, 429))
-def me(client: CurrentClient) -> Me:
+@router.get("/me", responses=problem_responses(401, 429, 503))
+async def me(client: CurrentClient) -> Me:
     """The client the bearer token belongs to."""
     return Me(name=client.name, admin=client.admin)

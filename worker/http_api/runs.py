@@ -2,6 +2,9 @@
 
 A client sees, lists and cancels only the runs it created (another client's
 run answers ``404``, as an unknown id does); an admin token sees them all.
+Handlers check the token themselves (``BearerToken`` + ``authenticate``), in
+the worker thread they run in anyway: under load each extra thread hop costs
+as much as the Redis calls of a request.
 """
 
 from __future__ import annotations
@@ -15,23 +18,29 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from worker.api.runs import cancel_run, create_run, find_idempotent_run, get_run, page_runs
+from worker.api.runs import (
+    cancel_run,
+    check_run,
+    create_run,
+    find_idempotent_run,
+    get_run,
+    page_runs,
+)
 from worker.clients import Client
 from worker.errors import HatzError, RunNotFoundError
-from worker.http_api.auth import CurrentClient
+from worker.http_api.auth import BearerToken, authenticate
 from worker.http_api.models import RunList, RunOut, RunRequest
 from worker.http_api.problems import ProblemError, problem_responses
-from worker.http_api.services import Services, get_services
+from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, ReceivedFile, receive_multipart
 from worker.store.ledger import Run, RunState
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 #: ``Prefer: wait=N`` waits at most this long, s.
 MAX_WAIT = 60
@@ -140,12 +149,16 @@ def _enqueue(
     fingerprint: str,
 ) -> tuple[str, bool]:
     """Upload the files (unless this is a retry of a request already made) and record the run."""
-    clash = sorted(set(files) & set(body.inputs))
-    if clash:
-        raise ProblemError(
-            422,
-            "the run request is not valid",
-            errors=[f"input {n!r} given both as a value and as a file" for n in clash],
+    if files:  # every problem before anything is uploaded
+        check_run(
+            body.app_id,
+            body.inputs,
+            files={name: received.path for name, received in files.items()},
+            callback_url=body.callback_url,
+            metadata=body.metadata,
+            events=body.events,
+            timeout=body.timeout,
+            context=services.context,
         )
     if files and idempotency_key:
         existing = find_idempotent_run(
@@ -221,13 +234,13 @@ async def _received(
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
         200: {"model": RunOut, "description": "An idempotent retry: the run made the first time"},
-        **problem_responses(401, 409, 413, 415, 422, 429, 502),
+        **problem_responses(401, 409, 413, 415, 422, 429, 502, 503),
     },
 )
 async def create_run_endpoint(
     request: Request,
     response: Response,
-    client: CurrentClient,
+    token: BearerToken,
     services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[str | None, Header()] = None,
@@ -238,6 +251,7 @@ async def create_run_endpoint(
     (``200``); with another request, ``409``. ``Prefer: wait=N`` (N ≤ 60) answers
     when the run ends or after N seconds.
     """
+    client = await run_in_threadpool(authenticate, services, token)
     with ExitStack() as cleanup:
         body, files, fingerprint = await _received(request, services, cleanup)
         run, created = await run_in_threadpool(
@@ -253,15 +267,16 @@ async def create_run_endpoint(
     return RunOut.of(run)
 
 
-@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429))
-def get_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
+@router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429, 503))
+def get_run_endpoint(run_id: str, token: BearerToken, services: ServicesDep) -> RunOut:
     """One run: state, job, timestamps, step outputs, documents, error, metadata."""
+    client = authenticate(services, token)
     return RunOut.of(_find(services, run_id, client))
 
 
-@router.get("/runs", responses=problem_responses(401, 422, 429))
+@router.get("/runs", responses=problem_responses(401, 422, 429, 503))
 def list_runs_endpoint(
-    client: CurrentClient,
+    token: BearerToken,
     services: ServicesDep,
     state: RunState | None = None,
     app_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -269,6 +284,7 @@ def list_runs_endpoint(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> RunList:
     """The client's runs (an admin: everyone's), newest first, a page at a time."""
+    client = authenticate(services, token)
     try:
         page = page_runs(
             client=None if client.admin else client.name,
@@ -283,9 +299,10 @@ def list_runs_endpoint(
     return RunList(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
 
 
-@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429))
-def cancel_run_endpoint(run_id: str, client: CurrentClient, services: ServicesDep) -> RunOut:
+@router.post("/runs/{run_id}/cancel", responses=problem_responses(401, 404, 409, 422, 429, 503))
+def cancel_run_endpoint(run_id: str, token: BearerToken, services: ServicesDep) -> RunOut:
     """Stop following a run (``CANCELED``). A job already at Hatz keeps running there."""
+    client = authenticate(services, token)
     _find(services, run_id, client)
     if not cancel_run(run_id, context=services.context, celery=services.celery):
         run = get_run(run_id, context=services.context)

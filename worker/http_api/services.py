@@ -7,9 +7,10 @@ and kept in ``app.state``; handlers take it with ``Depends(get_services)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from celery import Celery
-from fastapi import Request
+from fastapi import Depends, Request
 
 from worker.clients import ClientRateLimit, ClientStore
 from worker.context import Context
@@ -41,8 +42,16 @@ class Services:
         )
 
 
-async def get_services(request: Request) -> Services:
-    """The app's :class:`Services` (a FastAPI dependency; ``async`` only so that FastAPI
-    calls it on the event loop instead of a worker thread: it does no I/O)."""
+def get_services(request: Request) -> Services:
+    """The app's :class:`Services`."""
     services: Services = request.app.state.services
     return services
+
+
+async def services_dependency(request: Request) -> Services:
+    """:func:`get_services` as a FastAPI dependency: async, so it costs no worker thread."""
+    return get_services(request)
+
+
+#: Handler parameter type: ``services: ServicesDep``.
+ServicesDep = Annotated[Services, Depends(services_dependency)]

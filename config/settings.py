@@ -251,6 +251,17 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Worker/beat heartbeat period (health probes), s."
     )
 
+    # --- HTTP API (hatz-worker serve) -----------------------------------------
+    client_rate_limit: float = Field(
+        default=20.0, gt=0, description="HTTP API requests/s each client token may make."
+    )
+    client_rate_burst: float = Field(
+        default=40.0, ge=1, description="HTTP API requests a client may make at once (bucket)."
+    )
+    upload_max_bytes: int = Field(
+        default=100 * 1024 * 1024, gt=0, description="Largest file one HTTP API upload may be."
+    )
+
     @field_validator(
         "document_output_types", "callback_allow_hosts", "file_url_allow_hosts", mode="before"
     )

@@ -588,3 +588,23 @@ def test_a_creation_that_outlives_the_grace_cancels_what_it_made_and_fails(
     runs = [ctx.ledger.get(str(r)) for r in ctx.redis.zrange(ctx.keys.runs, 0, -1)]
     assert len(runs) == 5
     assert all(r is not None and r.state is RunState.CANCELED for r in runs)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("rows.jsonl", b'{"topic": "a"}\n\x89PNG\r\n\x1a\n\xff\n', "not UTF-8 text"),
+        ("rows.csv", b"topic\n\xff\xfe\n", "not UTF-8 text"),
+        ("rows.csv", b'topic\n"' + b"x" * 200_000 + b'"\n', "not a readable CSV file"),
+    ],
+)
+def test_a_source_that_is_not_text_or_not_csv_is_an_invalid_batch(
+    tmp_path: Path, name: str, content: bytes, needle: str
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(content)
+
+    with pytest.raises(InvalidBatchError) as caught:
+        read_source(source)
+
+    assert needle in str(caught.value)

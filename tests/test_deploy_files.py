@@ -184,3 +184,32 @@ def test_flower_is_an_optional_extra_not_a_dependency() -> None:
 
     assert not any(d.startswith("flower") for d in project["dependencies"])
     assert any(d.startswith("flower") for d in project["optional-dependencies"]["flower"])
+
+
+def test_compose_serves_the_http_api_on_loopback_with_a_health_probe() -> None:
+    api = _services()["api"]
+    argv = _argv(api["command"])
+
+    assert argv[:2] == ["hatz-worker", "serve"]
+    assert_entry_point(argv)
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    port = argv[argv.index("--port") + 1]
+    assert api["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert api["stop_signal"] == "SIGTERM"
+    grace = api["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) > 30  # outlasts uvicorn's own graceful shutdown
+
+
+def test_procfile_web_serves_the_http_api_on_the_platforms_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    web = _procfile()["web"]
+
+    assert web[:2] == ["hatz-worker", "serve"]
+    assert web[web.index("--host") + 1] == "0.0.0.0"
+    assert "--port" not in web  # the port comes from $PORT, as Heroku-style platforms set it
+    monkeypatch.setenv("PORT", "5123")
+    assert parse_command_line(web[1:]).params["port"] == 5123

@@ -123,8 +123,14 @@ class Context:
         redis_client: Redis | None = None,
         client: HatzClient | None = None,
         clock: Callable[[], float] = time.time,
+        buffered_metrics: bool = True,
     ) -> Context:
-        """Build a context; pass ``redis_client``/``client`` to inject fakes."""
+        """Build a context; pass ``redis_client``/``client`` to inject fakes.
+
+        ``buffered_metrics=False`` writes each metric event at once instead of with
+        the next ledger compare-and-set: for a process that makes Hatz API calls
+        outside tasks, from several threads (the HTTP API's uploads).
+        """
         r = redis_client if redis_client is not None else redis_from_settings(settings)
         keys = Keys(settings.key_prefix)
         ledger = Ledger(
@@ -134,7 +140,7 @@ class Context:
             idempotency_ttl=settings.idempotency_ttl,
             clock=clock,
         )
-        metrics = Metrics(r, keys, buffered=True)
+        metrics = Metrics(r, keys, buffered=buffered_metrics)
         if client is None:
             budget = None
             if settings.api_max_rps > 0:

@@ -35,6 +35,7 @@ def enqueue_batch(
     batch_key: str | None = None,
     on_bad_rows: OnBadRows = "abort",
     metadata: Mapping[str, Any] | None = None,
+    client: str | None = None,
     context: Context | None = None,
     celery: Celery | None = None,
 ) -> str:
@@ -47,8 +48,12 @@ def enqueue_batch(
     numbers included) and nothing is enqueued, unless ``on_bad_rows="skip"``.
     ``callback_url`` gets one ``batch.completed`` event; ``run_callback_url``
     gets every run's own callback. With ``batch_key``, rows that already
-    completed under that key are not submitted again.
+    completed under that key are not submitted again. ``client`` (an HTTP API
+    client's name) is recorded on the batch and its runs, lists the runs among
+    that client's and scopes ``batch_key`` to that client.
     """
+    if client is not None and batch_key:
+        batch_key = client_batch_key(client, batch_key)
     request = BatchRequest(
         app_id,
         source,
@@ -60,8 +65,14 @@ def enqueue_batch(
         batch_key=batch_key,
         on_bad_rows=on_bad_rows,
         metadata=metadata,
+        client=client,
     )
     return start_batch(request, context=context, celery=celery)
+
+
+def client_batch_key(client: str, key: str) -> str:
+    """The batch key recorded for ``key`` sent by HTTP API client ``client``."""
+    return f"client:{client}:{key}"
 
 
 def start_batch(

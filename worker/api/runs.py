@@ -8,16 +8,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from worker import task_names
 from worker.context import Context, get_context
-from worker.errors import InvalidRunError
+from worker.errors import IdempotencyConflictError, InvalidRunError
 from worker.files.sources import check_urls
 from worker.files.sources import upload_here as upload_here_now
 from worker.runs.cancel import cancel
@@ -58,7 +62,139 @@ def enqueue_run(
     Bad input raises :class:`InvalidRunError` listing every problem; nothing is
     enqueued then.
     """
+    run_id, _created = create_run(
+        app_id,
+        inputs,
+        files=files,
+        callback_url=callback_url,
+        metadata=metadata,
+        is_draft_app=is_draft_app,
+        idempotency_key=idempotency_key,
+        events=events,
+        timeout=timeout,
+        upload_here=upload_here,
+        context=context,
+        celery=celery,
+    )
+    return run_id
+
+
+def create_run(
+    app_id: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
+    callback_url: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    is_draft_app: bool = False,
+    idempotency_key: str | None = None,
+    events: Iterable[str] | None = None,
+    timeout: float | None = None,
+    client: str | None = None,
+    request_fingerprint: str | None = None,
+    upload_here: bool = False,
+    context: Context | None = None,
+    celery: Celery | None = None,
+) -> tuple[str, bool]:
+    r""":func:`enqueue_run`, returning ``(run_id, created)``; ``created`` is False when an
+    idempotency key returned an existing run.
+
+    ``client`` (an HTTP API client's name) is recorded on the run, indexes it
+    among that client's runs and scopes ``idempotency_key`` to that client.
+    ``request_fingerprint`` replaces the parameters' hash when comparing an
+    idempotent request with the first one (e.g. a hash of the request and its
+    files' contents, where uploads give new ``file_uuid``\ s each time).
+    """
     ctx = context or get_context()
+    params = _checked_params(
+        ctx, app_id, inputs, files, callback_url, metadata, is_draft_app, events, timeout
+    )
+    if client is not None:
+        params["client"] = client
+        if idempotency_key:
+            idempotency_key = client_idempotency_key(client, idempotency_key)
+    # The fingerprint is of the request as made (paths, URLs), not of upload ids.
+    params_fingerprint = request_fingerprint or fingerprint(params)
+    if upload_here and params["files"]:
+        uploaded = upload_here_now(ctx.client, params["files"], ctx.settings, scope_id=app_id)
+        params = {**params, "inputs": {**params["inputs"], **uploaded}, "files": {}}
+    run_id, created = ctx.ledger.create(
+        params,
+        idempotency_key=idempotency_key,
+        params_fingerprint=params_fingerprint,
+        indexed_in=ctx.keys.client_runs(client) if client is not None else "",
+    )
+    if created:
+        from worker.taskqueue.app import publish
+
+        publish([Next(task_names.SUBMIT, (run_id, 0, submit_hint(params)))], celery)
+    return run_id, created
+
+
+def check_run(
+    app_id: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
+    callback_url: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    events: Iterable[str] | None = None,
+    timeout: float | None = None,
+    context: Context | None = None,
+) -> None:
+    """Check a run request as :func:`enqueue_run` would, recording nothing.
+
+    Raises :class:`InvalidRunError` listing every problem. For a caller with
+    costly work to do before it enqueues (uploading the request's files).
+    """
+    ctx = context or get_context()
+    _checked_params(ctx, app_id, inputs, files, callback_url, metadata, False, events, timeout)
+
+
+def find_idempotent_run(
+    idempotency_key: str,
+    *,
+    request_fingerprint: str,
+    client: str | None = None,
+    context: Context | None = None,
+) -> str | None:
+    """The run an earlier request with this key made, or None if the key is new.
+
+    Lets a caller skip costly preparation (uploading a request's files) for a
+    retry. Raises :class:`IdempotencyConflictError` when the earlier request
+    differed. :func:`create_run` checks again, atomically, when it records.
+    """
+    ctx = context or get_context()
+    key = client_idempotency_key(client, idempotency_key) if client else idempotency_key
+    found = ctx.ledger.idempotent_run(key)
+    if found is None:
+        return None
+    run_id, existing = found
+    if existing != request_fingerprint:
+        raise IdempotencyConflictError(
+            f"idempotency key {idempotency_key!r} was already used for run {run_id} "
+            "with different parameters"
+        )
+    return run_id
+
+
+def client_idempotency_key(client: str, key: str) -> str:
+    """The ledger's idempotency key for ``key`` sent by HTTP API client ``client``."""
+    return f"client:{client}:{key}"
+
+
+def _checked_params(
+    ctx: Context,
+    app_id: str,
+    inputs: Mapping[str, Any] | None,
+    files: Mapping[str, str | os.PathLike[str]] | None,
+    callback_url: str | None,
+    metadata: Mapping[str, Any] | None,
+    is_draft_app: bool,
+    events: Iterable[str] | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """The run's parameters as recorded; raises :class:`InvalidRunError` listing every problem."""
     event_list = list(events) if events is not None else None
     clean_inputs, clean_files, problems = check_request(
         app_id, inputs or {}, files or {}, metadata, event_list
@@ -73,7 +209,7 @@ def enqueue_run(
         problems.append("timeout must be a positive number of seconds")
     if problems:
         raise InvalidRunError(problems)
-    params = {
+    return {
         "app_id": app_id,
         "inputs": clean_inputs,
         "files": clean_files,
@@ -83,21 +219,6 @@ def enqueue_run(
         "events": event_list,
         "run_timeout": timeout,
     }
-    # The fingerprint is of the request as made (paths, URLs), not of upload ids.
-    params_fingerprint = fingerprint(params)
-    if upload_here and clean_files:
-        uploaded = upload_here_now(ctx.client, clean_files, ctx.settings, scope_id=app_id)
-        params = {**params, "inputs": {**clean_inputs, **uploaded}, "files": {}}
-    run_id, created = ctx.ledger.create(
-        params,
-        idempotency_key=idempotency_key,
-        params_fingerprint=params_fingerprint,
-    )
-    if created:
-        from worker.taskqueue.app import publish
-
-        publish([Next(task_names.SUBMIT, (run_id, 0, submit_hint(params)))], celery)
-    return run_id
 
 
 def get_run(run_id: str, *, context: Context | None = None) -> Run:
@@ -120,6 +241,76 @@ def list_runs(
         if len(runs) >= limit:
             break
     return runs
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of :func:`page_runs`: the runs and the cursor of the next page (None: last)."""
+
+    runs: list[Run]
+    next_cursor: str | None
+
+
+def page_runs(
+    *,
+    client: str | None = None,
+    state: RunState | str | None = None,
+    app_id: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    max_scan: int = 5000,
+    context: Context | None = None,
+) -> RunPage:
+    """Runs newest first, one page at a time: ``client``'s own (None: everyone's), optionally
+    only those in ``state`` and of ``app_id``.
+
+    Pass the returned ``next_cursor`` back as ``cursor`` for the next page. A
+    page looks at no more than ``max_scan`` runs, so a rare filter may give a
+    short (even empty) page with a cursor to carry on from. Raises ValueError
+    for a cursor this function did not make.
+    """
+    ctx = context or get_context()
+    wanted = RunState(state.upper()) if isinstance(state, str) else state
+    index = ctx.keys.client_runs(client) if client is not None else ctx.keys.runs
+    position = decode_cursor(cursor) if cursor else None
+    runs: list[Run] = []
+    scanned = 0
+    while len(runs) < limit and scanned < max_scan:
+        ids = ctx.ledger.ids_before(index, before=position, limit=min(200, max_scan - scanned))
+        if not ids:
+            return RunPage(runs, None)
+        scanned += len(ids)
+        records = ctx.ledger.get_many([run_id for run_id, _ in ids])
+        for (run_id, created), run in zip(ids, records, strict=True):
+            position = (created, run_id)
+            if run is None or (wanted is not None and run.state is not wanted):
+                continue
+            if app_id is not None and run.get("app_id") != app_id:
+                continue
+            runs.append(run)
+            if len(runs) >= limit:
+                break
+    return RunPage(runs, encode_cursor(position) if position is not None else None)
+
+
+def encode_cursor(position: tuple[float, str]) -> str:
+    """An opaque page cursor for ``(created_at, run_id)``."""
+    raw = json.dumps([position[0], position[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The ``(created_at, run_id)`` of a cursor; ValueError if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, run_id = json.loads(raw)
+        if isinstance(when, bool) or not isinstance(when, int | float):
+            raise TypeError(when)
+        if not isinstance(run_id, str):
+            raise TypeError(run_id)
+        return float(when), run_id
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"not a valid cursor: {cursor[:40]!r}") from exc
 
 
 def wait_for_run(

@@ -185,6 +185,7 @@ def _batch_record(
         "on_bad_rows": request.on_bad_rows,
         "batch_key": request.batch_key or "",
         "schedule": schedule or "",
+        "client": request.client or "",
         "rows_in_source": rows.in_source,
         "total": len(rows.good),
         "skipped": len(rows.bad),
@@ -235,8 +236,13 @@ def _create_runs(
             "batch_id": batch_id,
             "row": row.number,
         }
+        if request.client:
+            params["client"] = request.client
         run_id, _ = ctx.ledger.create(
-            params, first_due_in=HELD_FOR, listed_in=ctx.keys.batch_created(batch_id)
+            params,
+            first_due_in=HELD_FOR,
+            listed_in=ctx.keys.batch_created(batch_id),
+            indexed_in=ctx.keys.client_runs(request.client) if request.client else "",
         )
         run_ids.append(run_id)
         pending.append(run_id)

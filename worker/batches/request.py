@@ -1,4 +1,4 @@
-"""What a batch is asked to do: :class:`BatchRequest`, the one spelling of its ten fields."""
+"""What a batch is asked to do: :class:`BatchRequest`, the one spelling of its fields."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class BatchRequest:
     ``run_callback_url`` gets every run's own callback. With ``batch_key``, rows
     that already completed under that key are not submitted again. Bad rows
     abort the whole batch unless ``on_bad_rows="skip"``. ``metadata`` is copied
-    into every run's metadata (with its ``batch_id`` and ``row``).
+    into every run's metadata (with its ``batch_id`` and ``row``). ``client``: the
+    HTTP API client that asked for it, recorded on the batch and on each of its runs.
     """
 
     app_id: str
@@ -36,3 +37,4 @@ class BatchRequest:
     batch_key: str | None = None
     on_bad_rows: OnBadRows = "abort"
     metadata: Mapping[str, Any] | None = None
+    client: str | None = None

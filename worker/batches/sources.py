@@ -78,10 +78,15 @@ def read_source(
     if not path.is_file():
         raise InvalidBatchError([f"source not found: {path}"])
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _read_csv(path, fixed, file_input)
-    if suffix in {".jsonl", ".ndjson"}:
-        return _read_json_lines(path, fixed, file_input)
+    try:
+        if suffix == ".csv":
+            return _read_csv(path, fixed, file_input)
+        if suffix in {".jsonl", ".ndjson"}:
+            return _read_json_lines(path, fixed, file_input)
+    except UnicodeDecodeError as exc:
+        raise InvalidBatchError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    except csv.Error as exc:
+        raise InvalidBatchError([f"{path}: not a readable CSV file: {exc}"]) from None
     raise InvalidBatchError([f"{path}: unknown source type (use .csv, .jsonl or a folder)"])
 
 

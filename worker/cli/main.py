@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 
 from config import ConfigError, Settings
-from worker.cli import apps, batches, callbacks, demo, ops, runs
+from worker.cli import apps, batches, callbacks, demo, ops, runs, serve
 from worker.cli.output import print_error, safe_url
 from worker.cli.params import CommandGroup
 from worker.cli.runtime import (
@@ -54,6 +54,7 @@ for _command in (
     *callbacks.COMMANDS,
     *batches.COMMANDS,
     *ops.COMMANDS,
+    *serve.COMMANDS,
 ):
     cli.add_command(_command)
 

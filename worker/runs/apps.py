@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter
+
 from worker.context import Context
 from worker.hatz.types import App
 
 _APP_CACHE_SIZE = 1024
+_APP_LIST = TypeAdapter(list[App])
 
 
 def cached_app(ctx: Context, app_id: str) -> App | None:
@@ -40,3 +43,19 @@ def fetch_app(ctx: Context, app_id: str) -> App:
         ctx.apps.clear()
     ctx.apps[app_id] = (expires, app)
     return app
+
+
+def fetch_apps(ctx: Context) -> list[App]:
+    """Every app and workflow (``GET /app/list``, every page), cached in Redis for
+    ``HATZ_APP_CACHE_TTL`` seconds like :func:`fetch_app`. It does not fill the
+    per-app cache: a list entry need not carry everything ``GET /app/{id}`` does."""
+    ttl = ctx.settings.app_cache_ttl
+    if ttl <= 0:
+        return list(ctx.client.iter_apps())
+    key = ctx.keys.app_list
+    cached = ctx.redis.get(key)
+    if cached:
+        return _APP_LIST.validate_json(cached)
+    apps = list(ctx.client.iter_apps())
+    ctx.redis.set(key, _APP_LIST.dump_json(apps), ex=max(1, int(ttl)))
+    return apps

@@ -15,6 +15,7 @@ key                             type    what
                                         Celery message (``worker.runs.dispatcher``)
 ``P:idem:<key>``                string  idempotency key -> run id and parameter hash
 ``P:app:<app_id>``              string  cached app definition (JSON, short TTL)
+``P:apps``                      string  cached list of every app (JSON, short TTL)
 ``P:callbacks:failed``          zset    dead-lettered callbacks (run ids by time)
 ``P:breaker``                   hash    org-wide credit-overage breaker
 ``P:batch:<batch_id>``          hash    a batch record
@@ -30,6 +31,16 @@ key                             type    what
 ``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
 ``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
 ``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.ops.metrics``)
+``P:client:<name>``             hash    an HTTP API client: ``admin``, ``token_hash`` (SHA-256),
+                                        ``created_at``; lives until ``tokens revoke``
+``P:clients``                   zset    every HTTP API client name, by creation time
+                                        (removed by ``tokens revoke``)
+``P:token:<sha256>``            string  a client token's hash -> ``{"name", "admin"}``;
+                                        deleted with its client by ``tokens revoke``
+``P:ratelimit:<sha256>``        hash    a client token's request bucket (1 h TTL)
+``P:client-runs:<name>``        zset    run ids a client created, by creation time;
+                                        trimmed past ``HATZ_RUN_RETENTION`` on every page
+                                        read and about one add in 32
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -72,6 +83,11 @@ class Keys:
     def app(self, app_id: str) -> str:
         """Cached app definition."""
         return f"{self.prefix}:app:{app_id}"
+
+    @property
+    def app_list(self) -> str:
+        """Cached list of every app and workflow."""
+        return f"{self.prefix}:apps"
 
     @property
     def failed_callbacks(self) -> str:
@@ -146,3 +162,24 @@ class Keys:
     def metrics(self) -> str:
         """Counters shared by every worker process, exported by ``worker.ops.metrics``."""
         return f"{self.prefix}:metrics"
+
+    def client(self, name: str) -> str:
+        """An HTTP API client's record."""
+        return f"{self.prefix}:client:{name}"
+
+    @property
+    def clients(self) -> str:
+        """Every HTTP API client name, by creation time."""
+        return f"{self.prefix}:clients"
+
+    def client_token(self, token_hash: str) -> str:
+        """A client token's hash -> the client it belongs to."""
+        return f"{self.prefix}:token:{token_hash}"
+
+    def rate_limit(self, bucket: str) -> str:
+        """A request token bucket (an HTTP API client's: named by its token's hash)."""
+        return f"{self.prefix}:ratelimit:{bucket}"
+
+    def client_runs(self, name: str) -> str:
+        """Run ids one HTTP API client created, by creation time."""
+        return f"{self.prefix}:client-runs:{name}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -165,6 +166,10 @@ return {1, token, state}
 #       a list to append the new run id to ("" when none)
 # ARGV: run_id, now, next_at, fingerprint, idem ttl, field, value, ...
 # Returns {1, run_id} or {0, existing_run_id, existing_fingerprint}.
+#: A run index (``Ledger.create(indexed_in=...)``) is trimmed on about this share of
+#: creates (and on every page read), so most creates pay no extra round trip.
+INDEX_TRIM_CHANCE = 1 / 32
+
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -179,6 +184,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'state|QUEUED', 1)
 if KEYS[6] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[1]) end
+if KEYS[7] ~= '' then redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1]) end
 return {1, ARGV[1]}
 """
 
@@ -339,6 +345,7 @@ class Ledger:
         first_due_in: float = 0.0,
         run_id: str | None = None,
         listed_in: str = "",
+        indexed_in: str = "",
     ) -> tuple[str, bool]:
         """Create a QUEUED run; return ``(run_id, created)``.
 
@@ -349,6 +356,7 @@ class Ledger:
         ``HATZ_SWEEP_GRACE`` seconds later (the publish may have been lost).
         ``listed_in``: a Redis list the new run's id is appended to in the same
         script (a batch's runs as they are made), so no run exists unlisted.
+        ``indexed_in``: a sorted set the id is added to by creation time (a client's runs).
         """
         run_id = run_id or uuid.uuid4().hex
         now = self.clock()
@@ -374,6 +382,7 @@ class Ledger:
                 idem_key,
                 self.keys.metrics,
                 listed_in,
+                indexed_in,
             ],
             args=[
                 run_id,
@@ -385,6 +394,8 @@ class Ledger:
             ],
         )
         if int(result[0]) == 1:
+            if indexed_in and random.random() < INDEX_TRIM_CHANCE:
+                self.trim_index(indexed_in)
             return run_id, True
         existing, existing_fp = _str(result[1]), _str(result[2])
         if existing_fp != params_fingerprint:
@@ -394,12 +405,32 @@ class Ledger:
             )
         return existing, False
 
+    def idempotent_run(self, idempotency_key: str) -> tuple[str, str] | None:
+        """``(run_id, params_fingerprint)`` of the run made with this key, or None."""
+        raw = self.redis.get(self.keys.idempotency(idempotency_key))
+        if raw is None:
+            return None
+        run_id, _, fp = _str(raw).partition("|")
+        return run_id, fp
+
     def get(self, run_id: str) -> Run | None:
         """The run record, or None when unknown or expired."""
         data = self.redis.hgetall(self.keys.run(run_id))
         if not data:
             return None
         return Run.from_hash({_str(k): _str(v) for k, v in data.items()})
+
+    def get_many(self, run_ids: Sequence[str]) -> list[Run | None]:
+        """The records of ``run_ids`` in one round trip (None for each unknown or expired)."""
+        if not run_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(self.keys.run(run_id))
+        return [
+            Run.from_hash({_str(k): _str(v) for k, v in data.items()}) if data else None
+            for data in pipe.execute()
+        ]
 
     def require(self, run_id: str) -> Run:
         """The run record; raise :class:`RunNotFoundError` when missing."""
@@ -418,6 +449,39 @@ class Ledger:
             else self.redis.zrange(self.keys.runs, 0, limit - 1)
         )
         return [_str(i) for i in ids]
+
+    def trim_index(self, index: str) -> None:
+        """Drop ids older than the retention (their records expired) from a sorted-set index."""
+        if index:
+            self.redis.zremrangebyscore(index, "-inf", self.clock() - self.retention)
+
+    def ids_before(
+        self, index: str, *, before: tuple[float, str] | None = None, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        """``(run_id, created_at)`` from a sorted-set ``index``, newest first, after ``before``.
+
+        ``before`` is the last ``(created_at, run_id)`` a previous page ended on;
+        ties on the time are ordered by id, as Redis orders them. Ids older than
+        the retention are trimmed from the index first.
+        """
+        self.trim_index(index)
+        top: float | str = "+inf" if before is None else before[0]
+        rows: list[tuple[str, float]] = []
+        offset = 0
+        while len(rows) < limit:
+            chunk: list[tuple[str, float]] = self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                index, top, "-inf", start=offset, num=limit + 1, withscores=True
+            )
+            if not chunk:
+                break
+            offset += len(chunk)
+            for member, score in chunk:
+                run_id = _str(member)
+                # Already on an earlier page: same time, not before it in Redis's order.
+                if before is not None and float(score) == before[0] and run_id >= before[1]:
+                    continue
+                rows.append((run_id, float(score)))
+        return rows[:limit]
 
     def due(self, before: float, *, limit: int = 500, offset: int = 0) -> list[tuple[str, float]]:
         """Scheduled runs whose ``next_at`` is earlier than ``before``, soonest first."""

@@ -118,7 +118,7 @@ def console() -> Iterator[Console]:
         shots = (ROOT / target) if target else Path(scratch)
         shots.mkdir(parents=True, exist_ok=True)
         with running_stack(values=WORKER_SETTINGS) as stack:
-            settings = {**stack.values, "client_rate_burst": 1000}
+            settings = {**stack.values, "client_rate_burst": 1000, "console_sample_interval": 1}
             with running_api(settings) as api, playwright_api.sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=executable, args=LAUNCH_FLAGS)
                 try:
@@ -269,6 +269,7 @@ def test_batches_and_system_pages(console: Console, tmp_path: Path) -> None:
 
     page.get_by_role("link", name="System").click()
     assert page.get_by_role("heading", name="Credit-overage breaker").is_visible()
+    page.locator("svg.chart").first.wait_for()  # samples of the counters, one a second here
     assert "hatz.poll" in page.inner_text("main")
     console.no_secret_in_page()
     console.shot("console-system")

@@ -4,9 +4,10 @@ Drawn from the counters the project already keeps (``P:metrics``, see
 :mod:`worker.ops.metrics`): runs entering each state, every Hatz API attempt,
 the poll-lateness sum and count. Those are totals, so the console samples
 them, at most once per :data:`SAMPLE_EVERY` seconds whichever console process
-is asked (a ``SET NX`` lease), into ``Keys.console_samples`` (newest first,
-trimmed to :data:`KEEP` samples), and a chart is the differences between
-samples. Samples are taken while someone has a console page open.
+is asked (a ``SET NX`` lease; ``HATZ_CONSOLE_SAMPLE_INTERVAL``), into
+``Keys.console_samples`` (newest first, trimmed to :data:`KEEP` samples), and
+a chart is the differences between samples. Samples are taken while someone
+has a console page open.
 
 The charts are inline SVG drawn here (a few polylines): a charting library
 would mean shipping a JavaScript bundle for three line charts.
@@ -25,8 +26,7 @@ from worker.context import Context
 from worker.ops.metrics import state_counter_field
 from worker.store.ledger import RunState
 
-SAMPLE_EVERY = 10.0
-KEEP = 2160  # six hours of samples
+KEEP = 2160  # six hours of samples at the default interval (10 s)
 _LEASE = "console-sample"
 _SEP = "|"
 
@@ -35,8 +35,9 @@ CHARTED_STATES = ("QUEUED", "COMPLETED", "FAILED")
 
 
 def take_sample(ctx: Context) -> bool:
-    """Record the counters now unless a sample is younger than :data:`SAMPLE_EVERY` s."""
-    if not ctx.redis.set(ctx.keys.lease(_LEASE), "1", nx=True, px=int(SAMPLE_EVERY * 1000)):
+    """Record the counters now unless a sample is younger than the sample interval."""
+    every = ctx.settings.console_sample_interval
+    if not ctx.redis.set(ctx.keys.lease(_LEASE), "1", nx=True, px=max(1, int(every * 1000))):
         return False
     raw = {_text(k): _text(v) for k, v in ctx.redis.hgetall(ctx.keys.metrics).items()}
     api = sum(float(v) for k, v in raw.items() if k.startswith("api" + _SEP))
@@ -56,7 +57,7 @@ def take_sample(ctx: Context) -> bool:
 
 def read_samples(ctx: Context, *, window: float = 3600.0) -> list[dict[str, Any]]:
     """Samples of the last ``window`` seconds, oldest first."""
-    count = int(window / SAMPLE_EVERY) + 1
+    count = min(KEEP, int(window / ctx.settings.console_sample_interval) + 1)
     samples = []
     for raw in ctx.redis.lrange(ctx.keys.console_samples, 0, count - 1):
         try:
@@ -115,15 +116,15 @@ def _terminal(state: str) -> bool:
         return False
 
 
-def svg(chart: Chart, *, width: int = 520, height: int = 160) -> Markup:
+def svg(chart: Chart, *, width: int = 520, height: int = 160, every: float = 10.0) -> Markup:
     """The chart as inline SVG (colours come from the stylesheet's ``.s0``... classes)."""
     points = [p for series in chart.series.values() for p in series]
     label = f"{chart.title} ({chart.unit})"
-    if len(points) < 2:
+    if len({t for t, _ in points}) < 2:
         return Markup(
             '<p class="muted">{}: not enough samples yet (one every {:g} s while the console '
             "is open)</p>"
-        ).format(label, SAMPLE_EVERY)
+        ).format(label, every)
     t0 = min(t for t, _ in points)
     t1 = max(t for t, _ in points)
     top = max(max(v for _, v in points), 1e-9)

@@ -225,5 +225,8 @@ def _system_values(services: Services) -> dict[str, Any]:
         "budget": operations.api_budget(context=ctx),
         "heartbeats": operations.heartbeats(context=ctx),
         "queues": operations.queue_depths(context=ctx),
-        "charts": [charts.svg(c) for c in charts.charts(charts.read_samples(ctx))],
+        "charts": [
+            charts.svg(c, every=ctx.settings.console_sample_interval)
+            for c in charts.charts(charts.read_samples(ctx))
+        ],
     }

@@ -196,7 +196,7 @@ def test_the_timeline_tells_what_the_record_keeps_and_no_signature() -> None:
 
 def test_chart_samples_are_taken_once_per_interval(ctx: Context) -> None:
     clock = itertools.count(1000, 30)
-    ctx.clock = lambda: float(next(clock))  # type: ignore[method-assign]
+    ctx.clock = lambda: float(next(clock))
     ctx.redis.hset(ctx.keys.metrics, mapping={"state|QUEUED": 2, "api|status|ok": 5})
 
     assert charts.take_sample(ctx) is True

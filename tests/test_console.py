@@ -94,8 +94,10 @@ def test_a_rare_filter_gives_a_short_page_with_a_cursor_to_go_on(ctx: Context) -
     first = queries.runs_page(ctx, RunFilter(state="FAILED"), limit=5, max_scan=10)
     assert first.rows == []
     assert first.scanned == 10
+    assert first.more
     rest = queries.runs_page(ctx, RunFilter(state="FAILED"), limit=5, cursor=first.next_cursor)
     assert [r["run_id"] for r in rest.rows] == [made[0]]
+    assert not rest.more
 
 
 def test_a_cursor_that_is_not_ours_starts_from_the_newest(ctx: Context) -> None:

@@ -5,9 +5,13 @@ trip at a time, which is right for the API's full answers, but a table of 50
 rows filtered over 100,000 runs must look at thousands of records per page.
 Here the ids come from the same creation-time indexes (``P:runs`` or a
 client's ``P:client-runs:<name>``), newest first, and only the table's
-columns are read, one pipelined ``HMGET`` per chunk of ids. A page looks at no
-more than :data:`MAX_SCAN` runs; a rare filter may give a short page with a
-cursor to carry on from, as the API's pages do.
+columns are read, one pipelined ``HMGET`` per chunk of ids. A filter on state
+or app, and a search for a job id, is checked inside Redis by one small Lua
+script per chunk of ids (:data:`_MATCH`, the ids passed as its keys): a
+pipelined ``HMGET`` per run costs the client ~60 us a run, which made a rare
+filter over 20,000 runs take over a second. A page looks at no more than
+:data:`MAX_SCAN` runs; a rare filter may give a short page with a cursor to
+carry on from, as the API's pages do.
 """
 
 from __future__ import annotations
@@ -35,10 +39,24 @@ COLUMNS = (
     "batch_id",
 )
 #: Runs looked at for one page, at most.
-MAX_SCAN = 20_000
+MAX_SCAN = 10_000
 #: Runs looked at when searching for a job id, at most (newest first).
 MAX_JOB_SEARCH = 100_000
 _CHUNK = 500
+_MATCH_CHUNK = 2000
+
+# KEYS: run hashes. ARGV: field, wanted value ("" = any), field, wanted value ("" = any).
+# Returns the 1-based positions of the runs whose fields hold the wanted values.
+_MATCH = """
+local hits = {}
+for i, key in ipairs(KEYS) do
+  local a, b = unpack(redis.call('HMGET', key, ARGV[1], ARGV[3]))
+  if a and (ARGV[2] == '' or a == ARGV[2]) and (ARGV[4] == '' or b == ARGV[4]) then
+    hits[#hits + 1] = i
+  end
+end
+return hits
+"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,27 @@ class RunsPage:
     rows: list[dict[str, str]] = field(default_factory=list)
     next_cursor: str | None = None
     scanned: int = 0
+    #: The oldest run a filtered chunk looked at (where the next chunk starts).
+    last: tuple[float, str] | None = None
+    #: Whether older runs may match: the page is full, or it stopped at the scan limit.
+    more: bool = False
+
+
+def _matching(
+    ctx: Context,
+    ids: list[tuple[str, float]],
+    field_a: str,
+    value_a: str,
+    field_b: str,
+    value_b: str,
+    page: RunsPage | None = None,
+) -> list[tuple[str, float]]:
+    """The ``ids`` whose two fields hold the wanted values ("" = any), checked in Redis."""
+    script = ctx.redis.register_script(_MATCH)
+    hits = script(keys=[ctx.keys.run(i) for i, _ in ids], args=[field_a, value_a, field_b, value_b])
+    if page is not None:
+        page.last = (ids[-1][1], ids[-1][0])
+    return [ids[int(h) - 1] for h in hits]
 
 
 def runs_page(
@@ -81,15 +120,18 @@ def runs_page(
     if position is None and filters.until is not None:
         position = (filters.until, "")
     page = RunsPage()
+    chunk = _MATCH_CHUNK if filters.state or filters.app_id else _CHUNK
     while len(page.rows) < limit and page.scanned < max_scan:
         ids = ctx.ledger.ids_before(
-            index, before=position, limit=min(_CHUNK, max_scan - page.scanned)
+            index, before=position, limit=min(chunk, max_scan - page.scanned)
         )
         if filters.since is not None:
             ids = [(run_id, at) for run_id, at in ids if at >= filters.since]
         if not ids:
             return page
         page.scanned += len(ids)
+        if filters.state or filters.app_id:
+            ids = _matching(ctx, ids, "state", filters.state, "app_id", filters.app_id, page)
         for (run_id, created), row in zip(ids, read_rows(ctx, [i for i, _ in ids]), strict=True):
             position = (created, run_id)
             if row is None or not filters.matches(row):
@@ -97,8 +139,12 @@ def runs_page(
             page.rows.append(row)
             if len(page.rows) >= limit:
                 break
+        else:
+            if page.last is not None:
+                position = page.last
     if position is not None:
         page.next_cursor = encode_cursor(position)
+        page.more = len(page.rows) >= limit or page.scanned >= max_scan
     return page
 
 
@@ -126,16 +172,13 @@ def find_run(ctx: Context, query: str, *, max_scan: int = MAX_JOB_SEARCH) -> str
     position: tuple[float, str] | None = None
     scanned = 0
     while scanned < max_scan:
-        ids = ctx.ledger.ids_before(ctx.keys.runs, before=position, limit=2000)
+        ids = ctx.ledger.ids_before(ctx.keys.runs, before=position, limit=_MATCH_CHUNK)
         if not ids:
             return None
         scanned += len(ids)
-        pipe = ctx.redis.pipeline(transaction=False)
-        for run_id, _ in ids:
-            pipe.hget(ctx.keys.run(run_id), "job_id")
-        for (run_id, _), job_id in zip(ids, pipe.execute(), strict=True):
-            if job_id == query:
-                return run_id
+        hits = _matching(ctx, ids, "job_id", query, "job_id", "")
+        if hits:
+            return hits[0][0]
         position = (ids[-1][1], ids[-1][0])
     return None
 

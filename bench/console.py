@@ -45,7 +45,7 @@ def template_record(url: str) -> dict[str, str]:
             "callback_url": "https://hooks.example/hatz",
         }
     )
-    extra: dict[str, Any] = {
+    extra: dict[Any, Any] = {
         "state": "COMPLETED",
         "job_id": "job",
         "poll_count": "12",
@@ -81,7 +81,7 @@ def fill(url: str, runs: int, in_flight: int = 1000) -> str:
         if i == runs // 2:
             needle = job_id
         client_name = f"client{i % 20}"
-        fields = {
+        fields: dict[Any, Any] = {
             **record,
             "run_id": run_id,
             "state": state,

@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 from tests.http_stack import ApiServer
+from worker.console.queries import encode_cursor
 from worker.context import redis_from_url
 from worker.local.stack import LocalRedis
 from worker.store.keys import Keys
@@ -64,14 +65,15 @@ def template_record(url: str) -> dict[str, str]:
     return record
 
 
-def fill(url: str, runs: int, in_flight: int = 1000) -> str:
-    """Write ``runs`` records (newest last); return one job id to search for."""
+def fill(url: str, runs: int, in_flight: int = 1000) -> tuple[str, str]:
+    """Write ``runs`` records (newest last); return a job id half-way back to search for
+    and a page cursor there."""
     keys = Keys("bench")
     client = redis_from_url(url)
     record = template_record(url)
     rng = random.Random(7)
     start = time.time() - runs
-    needle = ""
+    needle = cursor = ""
     pipe = client.pipeline(transaction=False)
     for i in range(runs):
         run_id = uuid.uuid4().hex
@@ -80,6 +82,7 @@ def fill(url: str, runs: int, in_flight: int = 1000) -> str:
         job_id = str(uuid.uuid4())
         if i == runs // 2:
             needle = job_id
+            cursor = encode_cursor((created, run_id))
         client_name = f"client{i % 20}"
         fields: dict[Any, Any] = {
             **record,
@@ -103,7 +106,7 @@ def fill(url: str, runs: int, in_flight: int = 1000) -> str:
     for state in set(_STATES):
         client.hset(keys.metrics, f"state|{state}", runs)
     client.close()
-    return needle
+    return needle, cursor
 
 
 def timed(session: requests.Session, url: str, n: int, **kwargs: Any) -> list[float]:
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with LocalRedis() as redis:
         began = time.perf_counter()
-        needle = fill(redis.url, args.runs)
+        needle, cursor = fill(redis.url, args.runs)
         print(f"filled {args.runs:,} runs in {time.perf_counter() - began:.1f} s", file=sys.stderr)
         server = ApiServer(
             {"redis_url": redis.url, "key_prefix": "bench", "client_rate_burst": 1e6}
@@ -185,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     timed(session, base + "/console/runs?state=REJECTED", n),
                 ),
                 (
-                    "console runs page, older page (cursor)",
-                    timed(session, base + "/console/runs?cursor=WzE3MDAwMDAwMDAsIiJd", n),
+                    "console runs page, half-way back (cursor)",
+                    timed(session, base + f"/console/runs?cursor={cursor}", n),
                 ),
                 (
                     "console search by job id (half-way back)",

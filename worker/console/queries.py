@@ -120,8 +120,10 @@ def runs_page(
     if position is None and filters.until is not None:
         position = (filters.until, "")
     page = RunsPage()
-    chunk = _MATCH_CHUNK if filters.state or filters.app_id else _CHUNK
+    filtered = bool(filters.state or filters.app_id)
     while len(page.rows) < limit and page.scanned < max_scan:
+        # Unfiltered, a chunk is what the page still needs (only expired runs are skipped).
+        chunk = _MATCH_CHUNK if filtered else min(_CHUNK, limit - len(page.rows))
         ids = ctx.ledger.ids_before(
             index, before=position, limit=min(chunk, max_scan - page.scanned)
         )
@@ -130,7 +132,7 @@ def runs_page(
         if not ids:
             return page
         page.scanned += len(ids)
-        if filters.state or filters.app_id:
+        if filtered:
             ids = _matching(ctx, ids, "state", filters.state, "app_id", filters.app_id, page)
         for (run_id, created), row in zip(ids, read_rows(ctx, [i for i, _ in ids]), strict=True):
             position = (created, run_id)

@@ -27,6 +27,7 @@ from tests.stack import Stack, running_stack
 from worker.api.batches import enqueue_batch
 from worker.fake_hatz import FakeInput, FakeStep
 from worker.local.stack import wait_until
+from worker.store.poll_log import POLL_LOG_SIZE
 
 pytestmark = pytest.mark.integration
 
@@ -159,12 +160,13 @@ def test_log_in_and_watch_a_run_reach_completed_without_reloading(console: Conso
     page.evaluate("window.notReloaded = true")
 
     app = console.stack.app(
-        duration=2.0, steps=[FakeStep(output_type="dump"), FakeStep(output_type="document")]
+        duration=4.0, steps=[FakeStep(output_type="dump"), FakeStep(output_type="document")]
     )
     run_id = console.post_run({"app_id": app.id, "metadata": {"order": 42}})
 
     badge = page.locator(f'tr[data-run="{run_id}"] .badge')
-    badge.filter(has_text="RUNNING").wait_for()  # it appeared and moved on, live
+    badge.wait_for()  # the row appears in place (the table refreshes every 2 s)...
+    assert badge.inner_text() != "COMPLETED"  # ...while the 4 s job still runs
     badge.filter(has_text="COMPLETED").wait_for(timeout=30_000)
     assert page.evaluate("window.notReloaded") is True
     assert int(page.locator('.n[data-state="COMPLETED"]').inner_text()) >= 1
@@ -181,8 +183,10 @@ def test_a_runs_timeline(console: Console) -> None:
 
     timeline = page.get_by_label("Timeline")
     text = timeline.inner_text()
-    for expected in ("QUEUED", "SUBMITTED", "poll #1: ", "COMPLETED", "document of step"):
+    for expected in ("QUEUED", "SUBMITTED", ": running", ": complete", "COMPLETED", "document"):
         assert expected in text
+    polls = page.locator("li.ev-poll")
+    assert 2 <= polls.count() <= POLL_LOG_SIZE  # the record keeps the last 20
     assert "s late" in text
     assert "expires" in text
     assert "42" in page.locator("#metadata").inner_text()  # the metadata
@@ -255,6 +259,8 @@ def test_batches_and_system_pages(console: Console, tmp_path: Path) -> None:
     batch_id = enqueue_batch(app.id, rows, context=stack.context, celery=stack.celery)
 
     page.get_by_role("link", name="Batches").click()
+    assert page.get_by_label(f"batch {batch_id} progress").is_visible()
+    console.shot("console-batches")
     page.get_by_role("link", name=batch_id).click()
     wait_until(
         lambda: page.reload() is not None and "3 of 3 rows done" in page.inner_text("main"),

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+from playwright import sync_api as playwright_api
 
 from tests.conftest import API_KEY
 from tests.http_stack import ApiServer, running_api
@@ -31,7 +32,6 @@ from worker.store.poll_log import POLL_LOG_SIZE
 
 pytestmark = pytest.mark.integration
 
-playwright_api = pytest.importorskip("playwright.sync_api")  # a dev dependency: always there
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_FLAGS = [

@@ -20,7 +20,6 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from worker.context import Context
 from worker.store.ledger import RunState
@@ -206,8 +205,3 @@ def decode_cursor(cursor: str) -> tuple[float, str] | None:
     if isinstance(when, bool) or not isinstance(when, int | float) or not isinstance(run_id, str):
         return None
     return float(when), run_id
-
-
-def as_text(value: Any) -> str:
-    """A Redis value as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)

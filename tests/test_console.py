@@ -262,5 +262,12 @@ def test_a_failed_batch_callback_is_a_dead_letter_and_replays_once(ctx: Context)
     assert [(s.args if hasattr(s, "args") else None) for s in steps] == [("b1", 4)]
     assert ctx.redis.hget(key, "callback_state") == "pending"
     assert operations.dead_letters(context=ctx) == []
+    outcome = operations.callback_outcome("batch", "b1", context=ctx)
+    assert (outcome.state, outcome.last_attempt, outcome.settled) == (
+        "pending",
+        {"at": 5.0, "status": 500},
+        False,
+    )
+    assert operations.callback_outcome("run", "gone", context=ctx).settled
     with pytest.raises(CallbackReplayError, match="not failed"):
         replay_batch_callback(ctx, "b1")

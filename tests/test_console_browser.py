@@ -211,8 +211,12 @@ def test_replay_a_dead_letter_and_the_receiver_gets_it(console: Console) -> None
     page.get_by_role("button", name=f"Replay run {run_id}").click()
 
     assert "replay queued" in page.get_by_role("status").inner_text()
-    wait_until(lambda: bool(stack.deliveries_for(run_id)), timeout=20, interval=0.05)
-    wait_until(lambda: stack.callback_state(run_id) == "delivered", timeout=20, interval=0.05)
+    outcome = page.locator(f'tr[data-replay="{run_id}"]')
+    outcome.locator(".badge", has_text="delivered").wait_for()  # shown live, no reload
+    assert "HTTP 200" in outcome.inner_text()
+    assert stack.deliveries_for(run_id)  # the receiver got it
+    assert stack.callback_state(run_id) == "delivered"
+    console.shot("console-replayed")
     page.reload()
     assert page.locator(f'tr[data-letter="{run_id}"]').count() == 0
 

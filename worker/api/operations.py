@@ -17,7 +17,7 @@ from typing import Any, Literal
 from celery import Celery
 
 from worker import task_names
-from worker.batches.records import list_batches
+from worker.batches.records import get_record, list_batches
 from worker.batches.results import result_rows
 from worker.batches.status import BatchStatus, batch_status
 from worker.context import Context, get_context
@@ -221,3 +221,39 @@ def batch_rows(batch_id: str, *, context: Context | None = None) -> list[dict[st
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    """Where a (replayed) callback stands: ``delivered``, ``pending``, ``retrying``,
+    ``failed``... and its last attempt."""
+
+    kind: DeadLetterKind
+    id: str
+    state: str
+    last_attempt: dict[str, Any] | None
+
+    @property
+    def settled(self) -> bool:
+        """True once it was delivered or given up on again."""
+        return self.state in ("delivered", "failed", "skipped", "unknown")
+
+
+def callback_outcome(
+    kind: DeadLetterKind, letter_id: str, *, context: Context | None = None
+) -> CallbackOutcome:
+    """The callback state of a run or batch and its last attempt (``unknown`` if expired)."""
+    ctx = context or get_context()
+    record: dict[str, Any] | None
+    if kind == "run":
+        record = ctx.ledger.get(letter_id)
+    else:
+        try:
+            record = get_record(ctx, letter_id)
+        except BatchNotFoundError:
+            record = None
+    if record is None:
+        return CallbackOutcome(kind, letter_id, "unknown", None)
+    attempts = list(record.get("callback_attempts") or [])
+    state = str(record.get("callback_state") or "none")
+    return CallbackOutcome(kind, letter_id, state, attempts[-1] if attempts else None)

@@ -33,6 +33,8 @@ from worker.http_api.services import Services, get_services
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 ServicesDep = Annotated[Services, Depends(get_services)]
 CsrfField = Annotated[str, Form(max_length=100)]
+#: Replays whose outcome the dead-letters page follows after a "replay all".
+MAX_WATCHED = 20
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -113,10 +115,12 @@ def replay(
     """Replay one dead letter (``kind`` and ``letter_id``) or all of them (``kind=all``)."""
     check_post(request, session, csrf)
     ctx, celery = services.context, services.celery
+    replayed: list[str] = []
     if kind == "all":
+        letters = {d.id: d.kind for d in operations.dead_letters(context=ctx)}
         outcome = operations.replay_all(context=ctx, celery=celery)
-        queued = sum(1 for v in outcome.values() if v == "queued")
-        done = f"{queued} of {len(outcome)} replay(s) queued"
+        replayed = [f"{letters.get(i, 'run')}:{i}" for i, v in outcome.items() if v == "queued"]
+        done = f"{len(replayed)} of {len(outcome)} replay(s) queued"
         problems = [v for v in outcome.values() if v != "queued"]
         if problems:
             done += "; " + "; ".join(problems[:3])
@@ -124,6 +128,8 @@ def replay(
         try:
             operations.replay_dead_letter(kind, letter_id, context=ctx, celery=celery)
             done = f"{kind} {letter_id}: replay queued"
+            replayed = [f"{kind}:{letter_id}"]
         except (CallbackReplayError, RunNotFoundError, BatchNotFoundError) as exc:
             done = str(exc)
-    return redirect(f"/dead-letters?done={quote(done)}")
+    watch = ",".join(replayed[:MAX_WATCHED])
+    return redirect(f"/dead-letters?done={quote(done)}&replayed={quote(watch)}")

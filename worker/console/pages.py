@@ -198,11 +198,48 @@ def batch_download(
 
 @router.get("/dead-letters", response_class=HTMLResponse)
 def dead_letters_page(
-    request: Request, session: ConsoleSession, services: ServicesDep, done: str = ""
+    request: Request,
+    session: ConsoleSession,
+    services: ServicesDep,
+    done: Annotated[str, Query(max_length=2000)] = "",
+    replayed: Annotated[str, Query(max_length=4000)] = "",
 ) -> Response:
     """Callbacks given up on, their last answer, replay buttons, the last replay's outcome."""
     letters = operations.dead_letters(context=services.context)
-    return render(request, "dead_letters.html", session, letters=letters, done=done[:500])
+    outcomes = _outcomes(services, replayed)
+    return render(
+        request,
+        "dead_letters.html",
+        session,
+        letters=letters,
+        done=done[:500],
+        outcomes=outcomes,
+        replayed=replayed,
+    )
+
+
+@router.get("/dead-letters/_replays", response_class=HTMLResponse)
+def replays_live(
+    request: Request,
+    session: ConsoleSession,
+    services: ServicesDep,
+    replayed: Annotated[str, Query(max_length=4000)] = "",
+) -> Response:
+    """The outcome of the replays just queued (refreshed until each is settled)."""
+    outcomes = _outcomes(services, replayed)
+    return render(request, "_replays_live.html", session, outcomes=outcomes)
+
+
+def _outcomes(services: Services, replayed: str) -> list[operations.CallbackOutcome]:
+    """``run:ID,batch:ID,...`` as the callbacks' current outcomes (20 at most)."""
+    found = []
+    for item in replayed.split(",")[:20]:
+        kind, _, letter_id = item.partition(":")
+        if kind == "run" and letter_id:
+            found.append(operations.callback_outcome("run", letter_id, context=services.context))
+        elif kind == "batch" and letter_id:
+            found.append(operations.callback_outcome("batch", letter_id, context=services.context))
+    return found
 
 
 @router.get("/system", response_class=HTMLResponse)

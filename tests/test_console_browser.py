@@ -252,6 +252,10 @@ def test_an_action_without_the_csrf_token_is_refused(console: Console) -> None:
     assert console.stack.context.ledger.require(run_id).state.value != "CANCELED"
     page_answer = console.page.request.get(console.url("/console/runs"))
     assert "script-src 'self'" in page_answer.headers["content-security-policy"]
+    assert page_answer.headers["x-frame-options"] == "DENY"
+    script = console.page.request.get(console.url("/console/static/console.js"))
+    assert "content-security-policy" in script.headers
+    assert "content-security-policy" not in console.api.request("GET", "/healthz").headers
     console.api.request("POST", f"/v1/runs/{run_id}/cancel", token=console.admin)
 
 

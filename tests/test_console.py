@@ -188,10 +188,10 @@ def test_the_timeline_tells_what_the_record_keeps_and_no_signature() -> None:
     titles = [e.title for e in events]
     assert titles[:4] == ["QUEUED", "SUBMITTED", "poll #1: running", "poll #2: complete"]
     assert "callback workflow_run.completed: HTTP 500" in titles
-    text = json.dumps([e.__dict__ for e in events])
+    text = json.dumps([e.__dict__ for e in events], ensure_ascii=False)
     assert "Signature" not in text
     assert "Credential" not in text
-    assert "https://bucket.example/doc.pdf (expires 1970-01-01 01:00:14)" in text
+    assert "https://bucket.example/… (expires 1970-01-01 01:00:14)" in text
     assert "0.250 s late" in text
     assert "12.5 ms" in text
 

@@ -151,8 +151,9 @@ def test_a_non_admin_token_is_refused(console: Console) -> None:
 def test_log_in_and_watch_a_run_reach_completed_without_reloading(console: Console) -> None:
     page = console.page
     page.goto(console.url("/console/login"))
-    page.get_by_label("Admin token").fill(console.admin)
-    page.get_by_role("button", name="Log in").click()
+    assert page.evaluate("document.activeElement.id") == "token"  # focused, for the keyboard
+    page.keyboard.type(console.admin)
+    page.keyboard.press("Enter")
     page.wait_for_url("**/console/runs")
     cookie = page.context.cookies()[0]
     assert cookie["httpOnly"]

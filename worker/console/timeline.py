@@ -1,8 +1,9 @@
 """A run's timeline, built from what its record keeps: state stamps, the recent polls,
 documents with their expiry, callback attempts, the error.
 
-Nothing here may show a secret: document URLs lose their query string (a
-presigned URL's signature), callback URLs too, and inputs are shown as the
+Nothing here may show a secret: a document shows only its URL's origin (a
+presigned URL's signature may sit in its query or path), a callback URL loses
+its query string and credentials, and inputs are shown as the
 ledger holds them (file inputs are ``file_uuid``\\ s, never file contents).
 """
 
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from worker.ops.redaction import safe_url
 from worker.store.ledger import Run
@@ -78,7 +80,7 @@ def _documents(run: Run) -> list[Event]:
         if not isinstance(doc, dict):
             continue
         expires = doc.get("expires_at")
-        detail = safe_url(str(doc.get("url") or ""))
+        detail = _origin(str(doc.get("url") or ""))
         if isinstance(expires, int | float):
             detail += f" (expires {fmt_time(float(expires))})"
         out.append(Event(at, "document", f"document of step {step}", detail))
@@ -98,6 +100,13 @@ def _callbacks(run: Run) -> list[Event]:
         title = f"callback {attempt.get('event') or ''}: {answer}".replace("  ", " ")
         out.append(Event(float(attempt.get("at") or 0), "callback", title, detail, tone))
     return out
+
+
+def _origin(url: str) -> str:
+    """Where a document lives, without its path or query: a presigned URL may carry its
+    signature in either."""
+    parts = urlsplit(safe_url(url))
+    return f"{parts.scheme}://{parts.netloc}/…" if parts.netloc else ""
 
 
 def run_details(run: Run) -> list[tuple[str, str]]:

@@ -93,9 +93,9 @@ class Console:
         """An absolute console URL."""
         return self.api.url + path
 
-    def shot(self, name: str) -> None:
-        """A screenshot of the page as it is (viewport only, to keep the files small)."""
-        self.page.screenshot(path=str(self.shots / f"{name}.png"))
+    def shot(self, name: str, *, full: bool = False) -> None:
+        """A screenshot of the page as it is (the viewport unless ``full``: small files)."""
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=full)
 
     def post_run(self, body: dict[str, Any]) -> str:
         """A run created through the HTTP API by a (non-admin) client; its id."""
@@ -163,7 +163,9 @@ def test_log_in_and_watch_a_run_reach_completed_without_reloading(console: Conso
     app = console.stack.app(
         duration=4.0, steps=[FakeStep(output_type="dump"), FakeStep(output_type="document")]
     )
-    run_id = console.post_run({"app_id": app.id, "metadata": {"order": 42}})
+    run_id = console.post_run(
+        {"app_id": app.id, "metadata": {"order": 42}, "callback_url": console.stack.receiver.url}
+    )
 
     badge = page.locator(f'tr[data-run="{run_id}"] .badge')
     badge.wait_for()  # the row appears in place (the table refreshes every 2 s)...
@@ -179,6 +181,8 @@ def test_log_in_and_watch_a_run_reach_completed_without_reloading(console: Conso
 def test_a_runs_timeline(console: Console) -> None:
     page = console.page
     run_id = console.stack.run_for_timeline  # type: ignore[attr-defined]
+    delivered = lambda: console.stack.callback_state(run_id) == "delivered"  # noqa: E731
+    wait_until(delivered, timeout=20, interval=0.05)
     page.get_by_role("link", name=run_id).click()
     page.wait_for_url(f"**/console/runs/{run_id}")
 
@@ -186,6 +190,7 @@ def test_a_runs_timeline(console: Console) -> None:
     text = timeline.inner_text()
     for expected in ("QUEUED", "SUBMITTED", ": running", ": complete", "COMPLETED", "document"):
         assert expected in text
+    assert "callback workflow_run.completed: HTTP 200" in text
     polls = page.locator("li.ev-poll")
     assert 2 <= polls.count() <= POLL_LOG_SIZE  # the record keeps the last 20
     assert "s late" in text
@@ -193,7 +198,7 @@ def test_a_runs_timeline(console: Console) -> None:
     assert "42" in page.locator("#metadata").inner_text()  # the metadata
     assert page.get_by_role("button", name="Cancel run").count() == 0
     console.no_secret_in_page()
-    console.shot("console-run")
+    console.shot("console-run", full=True)
 
 
 def test_replay_a_dead_letter_and_the_receiver_gets_it(console: Console) -> None:

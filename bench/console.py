@@ -144,6 +144,34 @@ def row(name: str, times: list[float]) -> str:
     return f"{name:<48} {statistics.median(ordered):9.1f} {p95:9.1f} {ordered[-1]:9.1f}"
 
 
+def measure(
+    server: ApiServer, token: str, n: int, needle: str, cursor: str
+) -> list[tuple[str, list[float]]]:
+    """Every timed row, ``n`` requests each (a search fewer: it is the slow one)."""
+    session = login(server, token)
+    base = server.url
+    auth = {"Authorization": f"Bearer {token}"}
+    paths = [
+        ("console runs page", "/console/runs"),
+        ("console runs page, live refresh", "/console/runs/_live"),
+        ("console runs page, one client", "/console/runs?client=client3"),
+        ("console runs page, state=FAILED", "/console/runs?state=FAILED"),
+        ("console runs page, state=REJECTED (none)", "/console/runs?state=REJECTED"),
+        ("console runs page, half-way back (cursor)", f"/console/runs?cursor={cursor}"),
+    ]
+    rows = [
+        ("GET /healthz (floor)", timed(session, base + "/healthz", n)),
+        (
+            "GET /v1/runs?limit=50 (the API's page)",
+            timed(session, base + "/v1/runs?limit=50", n, headers=auth),
+        ),
+    ]
+    rows += [(name, timed(session, base + path, n)) for name, path in paths]
+    search = timed(session, base + f"/console/runs?q={needle}", max(3, n // 5))
+    rows.append(("console search by job id (half-way back)", search))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fill, serve, time, print."""
     parser = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__)
@@ -161,41 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.wait_ready()
             token = server.token("bench-admin", admin=True)
-            session = login(server, token)
-            base, n = server.url, args.requests
-            auth = {"Authorization": f"Bearer {token}"}
-            rows = [
-                ("GET /healthz (floor)", timed(session, base + "/healthz", n)),
-                (
-                    "GET /v1/runs?limit=50 (the API's page)",
-                    timed(session, base + "/v1/runs?limit=50", n, headers=auth),
-                ),
-                ("console runs page", timed(session, base + "/console/runs", n)),
-                (
-                    "console runs page, live refresh",
-                    timed(session, base + "/console/runs/_live", n),
-                ),
-                (
-                    "console runs page, one client",
-                    timed(session, base + "/console/runs?client=client3", n),
-                ),
-                (
-                    "console runs page, state=FAILED",
-                    timed(session, base + "/console/runs?state=FAILED", n),
-                ),
-                (
-                    "console runs page, state=REJECTED (none)",
-                    timed(session, base + "/console/runs?state=REJECTED", n),
-                ),
-                (
-                    "console runs page, half-way back (cursor)",
-                    timed(session, base + f"/console/runs?cursor={cursor}", n),
-                ),
-                (
-                    "console search by job id (half-way back)",
-                    timed(session, base + f"/console/runs?q={needle}", max(3, n // 5)),
-                ),
-            ]
+            rows = measure(server, token, args.requests, needle, cursor)
         finally:
             server.stop()
     print(f"\nweb console with {args.runs:,} runs in the ledger, {args.requests} requests each")

@@ -262,6 +262,8 @@ def test_an_action_without_the_csrf_token_is_refused(console: Console) -> None:
     script = console.page.request.get(console.url("/console/static/console.js"))
     assert "content-security-policy" in script.headers
     assert "content-security-policy" not in console.api.request("GET", "/healthz").headers
+    root = console.api.request("GET", "/", allow_redirects=False)
+    assert (root.status_code, root.headers["location"]) == (303, "/console/runs")
     console.api.request("POST", f"/v1/runs/{run_id}/cancel", token=console.admin)
 
 

@@ -14,6 +14,7 @@ import pytest
 from worker.api import operations
 from worker.clients import ClientStore
 from worker.console import charts, queries
+from worker.console.pages import _time as read_time
 from worker.console.queries import RunFilter
 from worker.console.sessions import SessionStore
 from worker.console.timeline import timeline
@@ -271,3 +272,16 @@ def test_a_failed_batch_callback_is_a_dead_letter_and_replays_once(ctx: Context)
     assert operations.callback_outcome("run", "gone", context=ctx).settled
     with pytest.raises(CallbackReplayError, match="not failed"):
         replay_batch_callback(ctx, "b1")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-11-14T22:13", 1_700_000_000 - 20),
+        ("2023-11-15T00:13:20+02:00", 1_700_000_000),
+        ("", None),
+        ("yesterday", None),
+    ],
+)
+def test_time_filters_read_utc_unless_told(text: str, expected: float | None) -> None:
+    assert read_time(text) == expected

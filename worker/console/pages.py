@@ -36,11 +36,15 @@ def home(session: ConsoleSession) -> RedirectResponse:
 
 
 def _time(value: str) -> float | None:
-    """A ``datetime-local`` field (UTC) as a timestamp; None when empty or unreadable."""
+    """A ``datetime-local`` field (UTC unless it names its offset) as a timestamp; None when
+    empty or unreadable."""
     try:
-        return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp() if value else None
+        when = datetime.fromisoformat(value) if value else None
     except ValueError:
         return None
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 class RunQuery:

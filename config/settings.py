@@ -261,6 +261,11 @@ class Settings(BaseSettings):
     upload_max_bytes: int = Field(
         default=100 * 1024 * 1024, gt=0, description="Largest file one HTTP API upload may be."
     )
+    console_sample_interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="Web console: seconds between two samples of the counters its charts draw.",
+    )
 
     @field_validator(
         "document_output_types", "callback_allow_hosts", "file_url_allow_hosts", mode="before"

@@ -19,8 +19,10 @@ from worker.ops.logs import configure_logging
 
 
 def app_extensions() -> list[Extension]:
-    """What ``serve`` installs into the API app beyond its routers (e.g. the web console)."""
-    return []
+    """What ``serve`` installs into the API app beyond its routers: the web console."""
+    from worker.console import install
+
+    return [install]
 
 
 @click.command(

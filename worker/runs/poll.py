@@ -26,6 +26,7 @@ from worker.runs.poll_hints import poll_hint, record_from_hint
 from worker.runs.timing import jittered, task_lease
 from worker.store.ledger import POLLING_STATES, Run, RunState
 from worker.store.outbox import Next
+from worker.store.poll_log import poll_log_field
 from worker.webhooks import events
 
 _MAX_OUTPUT_CHARS = 100_000
@@ -66,9 +67,10 @@ def poll_step(ctx: Context, run_id: str, token: int, hint: Any = None) -> list[N
     try:
         job = ctx.client.get_job(run["job_id"])
     except HatzError as exc:
-        return _unanswered(ctx, run, record, base, exc)
+        return _unanswered(ctx, run, record, {**base, **_logged(base, now, error_text(exc))}, exc)
     progress = {
         **base,
+        **_logged(base, now, job.status),
         "hatz_status": job.status,
         "steps_done": job.steps_done,
         "number_of_steps": job.number_of_steps or 0,
@@ -117,6 +119,11 @@ def _poll_fields(ctx: Context, run: Run, now: float) -> dict[str, Any]:
         base["last_poll_lateness"] = round(max(0.0, now - float(due)), 4)
         ctx.metrics.poll_lateness(base["last_poll_lateness"])
     return base
+
+
+def _logged(base: dict[str, Any], now: float, status: str) -> dict[str, str]:
+    """The poll's entry in the run's recent-poll log (:mod:`worker.store.poll_log`)."""
+    return poll_log_field(base["poll_count"], now, status, base.get("last_poll_lateness"))
 
 
 def _unanswered(

@@ -41,6 +41,10 @@ key                             type    what
 ``P:client-runs:<name>``        zset    run ids a client created, by creation time;
                                         trimmed past ``HATZ_RUN_RETENTION`` on every page
                                         read and about one add in 32
+``P:console-session:<sha256>``  hash    a web console session: the admin client, its
+                                        token's hash, the CSRF token (12 h TTL)
+``P:console:samples``           list    the console's chart samples: the shared counters
+                                        once a minute (newest first, trimmed to 24 h)
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -183,3 +187,12 @@ class Keys:
     def client_runs(self, name: str) -> str:
         """Run ids one HTTP API client created, by creation time."""
         return f"{self.prefix}:client-runs:{name}"
+
+    def console_session(self, session_hash: str) -> str:
+        """A web console session (by the SHA-256 of its cookie)."""
+        return f"{self.prefix}:console-session:{session_hash}"
+
+    @property
+    def console_samples(self) -> str:
+        """The web console's chart samples, newest first."""
+        return f"{self.prefix}:console:samples"

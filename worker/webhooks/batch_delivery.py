@@ -22,6 +22,7 @@ from worker import task_names
 from worker.batches.records import batch_cas, get_record
 from worker.batches.results import result_rows
 from worker.context import Context
+from worker.errors import CallbackReplayError
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
 from worker.webhooks.delivery import Outcome, encode, send
@@ -125,3 +126,26 @@ def _set_callback_state(
         {"callback_token": [str(token)]},
         {"callback_state": state, "callback_attempts": attempts[-_MAX_ATTEMPTS_KEPT:]},
     )
+
+
+def replay_batch_callback(ctx: Context, batch_id: str) -> list[Next]:
+    """Restart a batch callback that failed for good; return the delivery task to publish.
+
+    Raises :class:`~worker.errors.BatchNotFoundError` for an unknown batch and
+    :class:`CallbackReplayError` when its callback did not fail.
+    """
+    record = get_record(ctx, batch_id)
+    token = int(record.get("callback_token") or 0)
+    restarted = batch_cas(
+        ctx,
+        batch_id,
+        {"callback_token": [str(token)], "callback_state": ["failed"]},
+        {"callback_token": token + 1, "callback_state": "pending"},
+    )
+    if not restarted:
+        state = record.get("callback_state") or "none"
+        raise CallbackReplayError(
+            f"batch {batch_id}'s callback is {state}, not failed: nothing to replay"
+        )
+    log.info("batch %s: callback replay requested", batch_id)
+    return [Next(task_names.DELIVER_BATCH_CALLBACK, (batch_id, token + 1))]

@@ -30,6 +30,9 @@ key                             type    what
 ``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
 ``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
 ``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.ops.metrics``)
+``P:durations:<app_id>``        list    an app's recent run durations, newest first, trimmed
+                                        to 64 and expiring ``HATZ_RUN_RETENTION`` after the
+                                        last write (``worker.store.durations``)
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -146,3 +149,7 @@ class Keys:
     def metrics(self) -> str:
         """Counters shared by every worker process, exported by ``worker.ops.metrics``."""
         return f"{self.prefix}:metrics"
+
+    def durations(self, app_id: str) -> str:
+        """An app's recent run durations (the learned poll schedule's input)."""
+        return f"{self.prefix}:durations:{app_id}"

@@ -1,0 +1,187 @@
+"""Learned poll schedules: poll a run when its app's runs usually complete.
+
+Most runs of one app take about the same time, so the app's recent durations
+(:mod:`worker.store.durations`) say when to look. A run's schedule is then:
+
+1. the first poll after ``HATZ_POLL_INITIAL_DELAY``, as always (it catches a
+   job that failed to start);
+2. one jump to the start of the app's *window* (the 10th to the 90th
+   percentile of its recent durations), cut into hops of at most
+   ``HATZ_POLL_MAX_INTERVAL`` (no countdown ever grows past today's longest);
+3. inside the window, a poll every *spacing* seconds (``HATZ_POLL_TARGET_LATENCY``,
+   or a multiple of it, see below): a run that completes there is seen at most
+   one spacing later;
+4. past the window, the spacing doubles up to ``HATZ_POLL_INTERVAL``, then
+   today's backoff (``HATZ_POLL_BACKOFF`` up to ``HATZ_POLL_MAX_INTERVAL``).
+
+No history (fewer than :data:`MIN_HISTORY` runs), the knob at 0, or durations
+so erratic that a window does not pay: today's schedule. "Pays" is checked on
+the app's own history: :func:`plan_window` replays every recorded duration
+through the learned schedule and through today's, and keeps the learned one
+only when it costs no more status calls on average and its 90th-percentile
+detection delay is no worse. It tries the spacing at the knob, then doubled
+(up to ``HATZ_POLL_INTERVAL``), and keeps the first that pays, so a bimodal
+or heavy-tailed app gets a coarser window or none.
+
+Written here rather than taken from a library: it is a few quantiles and a
+replay loop over at most 64 numbers, and the rules (the countdown cap, the
+fallback) are this project's.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from config import Settings
+from worker.context import Context
+from worker.store.durations import recent_durations
+
+#: Runs of an app recorded before its polls are planned from them.
+MIN_HISTORY = 5
+#: How long a worker process reuses an app's window before reading its history again, s.
+WINDOW_TTL = 30.0
+_LOW, _HIGH = 10, 90  # the window's percentiles
+_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where an app's runs usually complete, in seconds after the submit, and how
+    densely to poll there."""
+
+    start: float
+    end: float
+    spacing: float
+
+    def encode(self) -> str:
+        """As the run record and the poll hint carry it: ``start,end,spacing``."""
+        return f"{self.start:.3f},{self.end:.3f},{self.spacing:.3f}"
+
+    @classmethod
+    def decode(cls, raw: object) -> Window | None:
+        """A window read back from a record or a hint; None when absent or malformed."""
+        if not isinstance(raw, str) or not raw:
+            return None
+        try:
+            start, end, spacing = (float(part) for part in raw.split(","))
+        except ValueError:
+            return None
+        if not (0 <= start <= end and spacing > 0) or math.isinf(end):
+            return None
+        return cls(start, end, spacing)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A schedule replayed over durations: mean status calls per run, p90 delay."""
+
+    calls: float
+    p90_latency: float
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100) of the sorted, non-empty ``ordered``."""
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def plan_window(durations: Sequence[float], settings: Settings) -> Window | None:
+    """The learned window for an app whose recent runs took ``durations`` seconds
+    (to complete, after the submit); None: poll on today's schedule."""
+    spacing = settings.poll_target_latency
+    if spacing <= 0 or len(durations) < MIN_HISTORY:
+        return None
+    ordered = sorted(durations)
+    start, end = percentile(ordered, _LOW), percentile(ordered, _HIGH)
+    fixed = replay(ordered, None, settings)
+    while spacing <= settings.poll_interval:
+        window = Window(start, end, spacing)
+        learned = replay(ordered, window, settings)
+        if learned.calls <= fixed.calls and learned.p90_latency <= fixed.p90_latency:
+            return window
+        spacing *= 2
+    return None
+
+
+def next_poll(
+    elapsed: float, current: float, window: Window, settings: Settings
+) -> tuple[float, float] | None:
+    """``(delay, interval)``: when to poll next a run ``elapsed`` s after its submit,
+    whose last delay was ``current``, and the interval to record (what today's
+    backoff and error handling continue from). None: today's schedule from here.
+    """
+    if elapsed < window.start:
+        hop = min(window.start + window.spacing - elapsed, settings.poll_max_interval)
+        return hop, window.spacing
+    if elapsed < window.end:
+        return window.spacing, window.spacing
+    if current < settings.poll_interval:  # past the window: widen fast to today's interval
+        widened = min(settings.poll_interval, max(current, window.spacing) * 2)
+        return widened, widened
+    return None
+
+
+def fixed_next(current: float, settings: Settings) -> float:
+    """Today's next interval for a job that did not change: the backoff, capped."""
+    return min(settings.poll_max_interval, current * settings.poll_backoff)
+
+
+def poll_times(duration: float, window: Window | None, settings: Settings) -> list[float]:
+    """Every poll of a run that takes ``duration`` s, in seconds after its submit, up to
+    the one that sees it complete (no jitter; today's schedule without a window).
+
+    Today's schedule is replayed as for a job that never reports progress (each
+    progress resets it to ``HATZ_POLL_INTERVAL``), the cheapest case for it.
+    """
+    t = settings.poll_initial_delay
+    current = settings.poll_interval
+    times = [t]
+    while t < duration:
+        step = next_poll(t, current, window, settings) if window is not None else None
+        if step is None:
+            window = None  # past the window, today's schedule for good
+            nxt = current if len(times) == 1 else fixed_next(current, settings)
+            step = (nxt, nxt)
+        t += step[0]
+        current = step[1]
+        times.append(t)
+    return times
+
+
+def replay(ordered: Sequence[float], window: Window | None, settings: Settings) -> Replay:
+    """Replay ``window``'s schedule (today's without one) over the run durations."""
+    calls = 0
+    delays = []
+    for duration in ordered:
+        times = poll_times(duration, window, settings)
+        calls += len(times)
+        delays.append(max(0.0, times[-1] - duration))
+    return Replay(calls / len(ordered), percentile(sorted(delays), 90))
+
+
+def jittered_delay(delay: float, window: Window, settings: Settings) -> float:
+    """A planned delay spread by ±``HATZ_POLL_JITTER`` of the window's spacing (not of
+    the whole delay: a long jump keeps its aim)."""
+    j = settings.poll_jitter * window.spacing
+    return max(0.0, delay + random.uniform(-j, j))
+
+
+def window_for(ctx: Context, app_id: str) -> Window | None:
+    """``app_id``'s window now, from its history; reused by this process for
+    :data:`WINDOW_TTL` seconds (one Redis read per app per process and period)."""
+    if ctx.settings.poll_target_latency <= 0 or not app_id:
+        return None
+    now = ctx.clock()
+    held = ctx.poll_windows.get(app_id)
+    if held is not None and held[0] > now:
+        window: Window | None = held[1]
+        return window
+    history = recent_durations(ctx.redis, ctx.keys, app_id)
+    window = plan_window([d.to_complete for d in history], ctx.settings)
+    if len(ctx.poll_windows) >= _CACHE_SIZE:
+        ctx.poll_windows.clear()
+    ctx.poll_windows[app_id] = (now + WINDOW_TTL, window)
+    return window

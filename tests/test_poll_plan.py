@@ -183,8 +183,8 @@ def test_a_completed_run_adds_its_duration_by_the_apis_clock(
     ctx = Context.from_settings(
         SETTINGS,
         redis_client=fake_redis,
-        client=client,
-        clock=clock,  # type: ignore[arg-type]
+        client=client,  # type: ignore[arg-type]
+        clock=clock,
     )
     run_id, _ = ctx.ledger.create({"app_id": "app", "inputs": {"topic": "t"}})
     (first,) = submit_step(ctx, run_id, 0)
@@ -203,8 +203,8 @@ def test_a_run_of_a_stable_app_is_polled_at_its_predicted_completion(
     ctx = Context.from_settings(
         SETTINGS,
         redis_client=fake_redis,
-        client=client,
-        clock=clock,  # type: ignore[arg-type]
+        client=client,  # type: ignore[arg-type]
+        clock=clock,
     )
     for seconds in stable(20):
         record_duration(fake_redis, ctx.keys, "app", Duration(seconds), ttl=100)

@@ -40,6 +40,7 @@ from typing import Any
 
 from celery import Celery
 
+from bench import runner, scenarios
 from bench.scenarios import Bench, percentile
 from bench.stack import Worker
 from config import Settings
@@ -342,18 +343,56 @@ def goals(figures: dict[str, Any]) -> list[str]:
     return out
 
 
+def inflight(quick: bool = False, log: Any = sys.stderr) -> dict[str, Any]:
+    """The existing bench's in-flight measurements (10,000 runs polling every 60 s,
+    1,000 every 5 s; :func:`bench.scenarios.inflight`), on this code."""
+    plan = runner.QUICK if quick else runner.FULL
+    out = {}
+    with Bench.running() as b:
+        for name, (runs, interval, window) in (("big", plan.big), ("fast", plan.fast)):
+            print(f"in flight: {runs} runs every {interval:g} s", file=log, flush=True)
+            out[name] = scenarios.inflight(b, runs, interval, window)
+    return out
+
+
+def render_inflight(results: dict[str, Any]) -> str:
+    """The in-flight figures beside their goals."""
+    lines = ["In flight (the existing bench's section 3, on this code)"]
+    for x in results.values():
+        p99 = x["lateness_p99_s"]
+        lines.append(
+            f"  {x['runs']:,} runs @ {x['interval_s']:g} s: worker RSS {x['worker_rss_mb']:.0f} MB"
+            f" (<= 300), Redis {x['redis_bytes_per_run']:,.0f} B/run (<= 2048), lateness p50"
+            f" {_fmt(x['lateness_p50_s'], '{:.3f}')} / p99 {_fmt(p99)} s (<= 1),"
+            f" {x['polls_per_s']:.0f} polls/s of {x['offered_polls_per_s']:.0f} offered,"
+            f" worker {x['worker_cpu_cores']:.2f} cores"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m bench.polling``."""
     parser = argparse.ArgumentParser(prog="python -m bench.polling", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=None, help="JSON file")
+    parser.add_argument(
+        "--inflight",
+        action="store_true",
+        help="only the existing bench's in-flight figures (10,000 runs @ 60 s, 1,000 @ 5 s)",
+    )
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    results: dict[str, Any] = {"plan": plan.__dict__, "live": live(plan), "replayed": replayed()}
-    results["table"] = table = render(results)
-    print(table)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = args.out or RESULTS / f"polling-{'quick' if args.quick else 'full'}-{stamp}.json"
+    kind = ("inflight-" if args.inflight else "") + ("quick" if args.quick else "full")
+    results: dict[str, Any]
+    if args.inflight:
+        results = {"inflight": inflight(args.quick)}
+        results["table"] = table = render_inflight(results["inflight"])
+    else:
+        plan = QUICK if args.quick else FULL
+        results = {"plan": plan.__dict__, "live": live(plan), "replayed": replayed()}
+        results["table"] = table = render(results)
+    print(table)
+    out = args.out or RESULTS / f"polling-{kind}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"\nresults: {out}")

@@ -241,3 +241,35 @@ def test_a_hint_carries_the_window_only_when_the_run_has_one() -> None:
     assert record_from_hint("r", 1, hint)["poll_window"] == "1.000,2.000,0.500"  # type: ignore[index]
     assert len(poll_hint({"job_id": "j", "state": "RUNNING"})) == len(HINT_FIELDS)
     assert record_from_hint("r", 1, [*hint[:-1], 7]) is None  # a window of the wrong type
+
+
+def test_a_parked_learned_poll_keeps_its_window_when_the_dispatcher_publishes_it(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    from worker.runs.dispatcher import dispatch_due
+    from worker.store.outbox import Next
+
+    clock, client = Clock(), StubClient()
+    settings = make_settings(**{**SETTINGS.model_dump(), "countdown_horizon": 2.0})
+    ctx = Context.from_settings(
+        settings,
+        redis_client=fake_redis,
+        client=client,  # type: ignore[arg-type]
+        clock=clock,
+    )
+    for seconds in stable(20):
+        record_duration(fake_redis, ctx.keys, "app", Duration(seconds), ttl=100)
+    run_id, _ = ctx.ledger.create({"app_id": "app", "inputs": {"topic": "t"}})
+    (first,) = submit_step(ctx, run_id, 0)
+    clock.now += 2.0
+    assert poll_step(ctx, run_id, int(first.args[1]), first.args[2]) == []  # the jump: parked
+    sent: list[Next] = []
+    clock.now = float(ctx.ledger.require(run_id)["due_at"]) - 1.0
+
+    assert dispatch_due(ctx, sent.extend) == 1
+
+    (step,) = sent
+    assert step.args[2][-1] == ctx.ledger.require(run_id)["poll_window"]  # the hint's window
+    clock.now += float(step.countdown or 0)
+    (after,) = poll_step(ctx, run_id, int(step.args[1]), step.args[2])
+    assert after.countdown == pytest.approx(0.5)  # inside the window: its spacing

@@ -74,6 +74,23 @@ def test_a_stable_app_gets_a_tight_window_around_its_usual_duration() -> None:
     assert learned.p90_latency <= 1.0 < fixed.p90_latency
 
 
+def test_a_bimodal_app_gets_one_span_per_mode_and_jumps_the_gap() -> None:
+    rng = random.Random(5)
+    history = [rng.gauss(20.0, 0.5) if i % 2 else rng.gauss(80.0, 1.0) for i in range(20)]
+
+    window = plan_window(history, SETTINGS)
+
+    assert window is not None
+    ((a1, b1), (a2, b2)) = window.spans
+    assert 18 < a1 < b1 < 22 < 77 < a2 < b2 < 83
+    test = [
+        rng.gauss(20.0, 0.5) if rng.random() < 0.5 else rng.gauss(80.0, 1.0) for _ in range(500)
+    ]
+    learned, fixed = replay(sorted(test), window, SETTINGS), replay(sorted(test), None, SETTINGS)
+    assert learned.calls < fixed.calls
+    assert learned.p90_latency < fixed.p90_latency
+
+
 def test_erratic_durations_fall_back_to_todays_schedule() -> None:
     rng = random.Random(3)
     history = [rng.choice([5.0, 40.0, 90.0, 200.0]) * rng.uniform(0.5, 1.5) for _ in range(30)]
@@ -97,7 +114,7 @@ def test_a_window_is_kept_only_when_it_costs_no_more_calls_than_today() -> None:
 
 
 def test_polls_jump_to_the_window_then_follow_its_spacing() -> None:
-    window = Window(start=58.0, end=61.0, spacing=0.5)
+    window = Window(((58.0, 61.0),), 0.5)
 
     times = poll_times(62.0, window, SETTINGS)
 
@@ -107,7 +124,7 @@ def test_polls_jump_to_the_window_then_follow_its_spacing() -> None:
 
 
 def test_a_jump_longer_than_the_longest_countdown_is_cut_into_hops() -> None:
-    window = Window(start=200.0, end=201.0, spacing=0.5)
+    window = Window(((200.0, 201.0),), 0.5)
 
     times = poll_times(200.4, window, SETTINGS)
 
@@ -115,7 +132,7 @@ def test_a_jump_longer_than_the_longest_countdown_is_cut_into_hops() -> None:
 
 
 def test_a_run_far_past_its_prediction_goes_back_to_todays_backoff() -> None:
-    window = Window(start=58.0, end=61.0, spacing=0.5)
+    window = Window(((58.0, 61.0),), 0.5)
 
     # Just past the window: the spacing doubles up to HATZ_POLL_INTERVAL...
     assert next_poll(61.2, 0.5, window, SETTINGS) == (1.0, 1.0)
@@ -129,10 +146,10 @@ def test_a_run_far_past_its_prediction_goes_back_to_todays_backoff() -> None:
 
 
 def test_a_window_round_trips_through_its_record_field() -> None:
-    window = Window(12.25, 13.5, 0.5)
+    window = Window(((12.25, 13.5), (20.0, 21.0)), 0.5)
 
     assert Window.decode(window.encode()) == window
-    for bad in (None, "", "x", "1,2", "3,2,0.5", "1,2,0", "1,inf,1", 7):
+    for bad in (None, "", "x", "1,2", "3,2,0.5", "1,2,0", "1,inf,1", "1,2,3,0.5", 7):
         assert Window.decode(bad) is None
 
 

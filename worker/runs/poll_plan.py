@@ -6,22 +6,25 @@ Most runs of one app take about the same time, so the app's recent durations
 1. the first poll after ``HATZ_POLL_INITIAL_DELAY``, as always (it catches a
    job that failed to start);
 2. one jump to the start of the app's *window* (the 10th to the 90th
-   percentile of its recent durations), cut into hops of at most
-   ``HATZ_POLL_MAX_INTERVAL`` (no countdown ever grows past today's longest);
-3. inside the window, a poll every *spacing* seconds (``HATZ_POLL_TARGET_LATENCY``,
+   percentile of its recent durations; one span per mode when the durations
+   cluster apart, each mode holding a fifth of the runs or more), cut into hops
+   of at most ``HATZ_POLL_MAX_INTERVAL`` (no countdown ever grows past today's
+   longest);
+3. inside a span, a poll every *spacing* seconds (``HATZ_POLL_TARGET_LATENCY``,
    or a multiple of it, see below): a run that completes there is seen at most
-   one spacing later;
+   one spacing later; between spans, one jump;
 4. past the window, the spacing doubles up to ``HATZ_POLL_INTERVAL``, then
    today's backoff (``HATZ_POLL_BACKOFF`` up to ``HATZ_POLL_MAX_INTERVAL``).
 
 No history (fewer than :data:`MIN_HISTORY` runs), the knob at 0, or durations
 so erratic that a window does not pay: today's schedule. "Pays" is checked on
 the app's own history: :func:`plan_window` replays every recorded duration
+(and each 5 % shorter and longer, as the next runs will differ from these)
 through the learned schedule and through today's, and keeps the learned one
 only when it costs no more status calls on average and its 90th-percentile
 detection delay is no worse. It tries the spacing at the knob, then doubled
-(up to ``HATZ_POLL_INTERVAL``), and keeps the first that pays, so a bimodal
-or heavy-tailed app gets a coarser window or none.
+(up to ``HATZ_POLL_INTERVAL``), and keeps the cheapest window that pays at the
+first spacing where one does; a long-tailed app usually gets none.
 
 Written here rather than taken from a library: it is a few quantiles and a
 replay loop over at most 64 numbers, and the rules (the countdown cap, the
@@ -30,6 +33,7 @@ fallback) are this project's.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -44,21 +48,33 @@ MIN_HISTORY = 5
 #: How long a worker process reuses an app's window before reading its history again, s.
 WINDOW_TTL = 30.0
 _LOW, _HIGH = 10, 90  # the window's percentiles
+_MARGIN = 0.05  # how much shorter and longer than its history the next runs are judged
+_MAX_SPANS = 4  # modes planned for at most (each holds a fifth of the runs or more)
 _CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
 class Window:
-    """Where an app's runs usually complete, in seconds after the submit, and how
-    densely to poll there."""
+    """Where an app's runs usually complete, in seconds after the submit (one span, or
+    one per mode when its durations cluster apart), and how densely to poll there."""
 
-    start: float
-    end: float
+    spans: tuple[tuple[float, float], ...]
     spacing: float
 
+    @property
+    def start(self) -> float:
+        """The earliest completion expected."""
+        return self.spans[0][0]
+
+    @property
+    def end(self) -> float:
+        """The latest completion expected."""
+        return self.spans[-1][1]
+
     def encode(self) -> str:
-        """As the run record and the poll hint carry it: ``start,end,spacing``."""
-        return f"{self.start:.3f},{self.end:.3f},{self.spacing:.3f}"
+        """As the run record and the poll hint carry it: ``start,end[,start,end...],spacing``."""
+        bounds = [f"{edge:.3f}" for span in self.spans for edge in span]
+        return ",".join([*bounds, f"{self.spacing:.3f}"])
 
     @classmethod
     def decode(cls, raw: object) -> Window | None:
@@ -66,12 +82,16 @@ class Window:
         if not isinstance(raw, str) or not raw:
             return None
         try:
-            start, end, spacing = (float(part) for part in raw.split(","))
+            numbers = [float(part) for part in raw.split(",")]
         except ValueError:
             return None
-        if not (0 <= start <= end and spacing > 0) or math.isinf(end):
+        if len(numbers) < 3 or len(numbers) % 2 == 0 or len(numbers) > 2 * _MAX_SPANS + 1:
             return None
-        return cls(start, end, spacing)
+        *edges, spacing = numbers
+        if not spacing > 0 or any(not 0 <= e < math.inf for e in edges) or edges != sorted(edges):
+            return None
+        spans = tuple((edges[i], edges[i + 1]) for i in range(0, len(edges), 2))
+        return cls(spans, spacing)
 
 
 @dataclass(frozen=True)
@@ -95,15 +115,52 @@ def plan_window(durations: Sequence[float], settings: Settings) -> Window | None
     if spacing <= 0 or len(durations) < MIN_HISTORY:
         return None
     ordered = sorted(durations)
-    start, end = percentile(ordered, _LOW), percentile(ordered, _HIGH)
-    fixed = replay(ordered, None, settings)
+    # Judged on the history and on each run a little shorter and longer, as the next
+    # runs will be: a window fitted too closely to 20 numbers fails the ones that follow.
+    judged = sorted(
+        [*ordered, *(d * (1 - _MARGIN) for d in ordered), *(d * (1 + _MARGIN) for d in ordered)]
+    )
+    fixed = replay(judged, None, settings)
+    whole = _spans(ordered, math.inf)
+    split = _spans(ordered, settings.poll_interval)
+    candidates = [whole]
+    if split != whole and len(split) <= _MAX_SPANS and _modes(ordered, split):
+        candidates.insert(0, split)
     while spacing <= settings.poll_interval:
-        window = Window(start, end, spacing)
-        learned = replay(ordered, window, settings)
-        if learned.calls <= fixed.calls and learned.p90_latency <= fixed.p90_latency:
-            return window
+        best: tuple[float, Window] | None = None
+        for spans in candidates:
+            window = Window(spans, spacing)
+            learned = replay(judged, window, settings)
+            pays = learned.calls <= fixed.calls and learned.p90_latency <= fixed.p90_latency
+            if pays and (best is None or learned.calls < best[0]):
+                best = (learned.calls, window)
+        if best is not None:
+            return best[1]
         spacing *= 2
     return None
+
+
+def _spans(ordered: Sequence[float], gap: float) -> tuple[tuple[float, float], ...]:
+    """The 10th to 90th percentile of the sorted durations, split where two neighbours
+    lie more than ``gap`` apart (a mode each side: jumping the gap costs one poll,
+    walking it at the spacing many)."""
+    low, high = percentile(ordered, _LOW), percentile(ordered, _HIGH)
+    inside = [d for d in ordered if low <= d <= high]
+    spans = []
+    first = inside[0]
+    for before, after in itertools.pairwise(inside):
+        if after - before > gap:
+            spans.append((first, before))
+            first = after
+    spans.append((first, inside[-1]))
+    return tuple(spans)
+
+
+def _modes(ordered: Sequence[float], spans: Sequence[tuple[float, float]]) -> bool:
+    """Whether every span holds a real mode: at least a fifth of the runs (and 3),
+    not a few stragglers of a long tail that one history happened to draw."""
+    least = max(3, len(ordered) / 5)
+    return all(sum(1 for d in ordered if a <= d <= b) >= least for a, b in spans)
 
 
 def next_poll(
@@ -113,11 +170,12 @@ def next_poll(
     whose last delay was ``current``, and the interval to record (what today's
     backoff and error handling continue from). None: today's schedule from here.
     """
-    if elapsed < window.start:
-        hop = min(window.start + window.spacing - elapsed, settings.poll_max_interval)
-        return hop, window.spacing
-    if elapsed < window.end:
-        return window.spacing, window.spacing
+    for start, end in window.spans:
+        if elapsed < start:  # jump to the span (in hops no longer than today's longest)
+            hop = min(start + window.spacing - elapsed, settings.poll_max_interval)
+            return hop, window.spacing
+        if elapsed < end:
+            return window.spacing, window.spacing
     if current < settings.poll_interval:  # past the window: widen fast to today's interval
         widened = min(settings.poll_interval, max(current, window.spacing) * 2)
         return widened, widened

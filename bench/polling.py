@@ -9,12 +9,14 @@ successive runs take a seeded list of durations in turn (``FakeApp.durations``):
 
 Durations are compressed (seconds, not minutes) so the section takes a few
 minutes; the poll settings are today's defaults (first poll at 2 s, then 5 s,
-x1.5 while unchanged, up to 60 s). Both arms run at once, each with its own
+x1.5 while unchanged, up to 60 s). The arms run at once, each with its own
 worker on its own Redis database and the same fake: the *learned* worker
-(``HATZ_POLL_TARGET_LATENCY=0.5``) and the *fixed* one (``0``: today's
-schedule). Each arm first runs ``history`` runs of every mix (the learned arm
-records their durations), then fresh workers (no cached plans) run
-``measured`` runs of every mix, spread over a few seconds, with a callback.
+(``HATZ_POLL_TARGET_LATENCY=0.5``), the *fixed* one (``0``: today's schedule)
+and *fixed again*, the same as fixed: how far two identical schedules differ in
+one run (jitter, timing) is the noise floor a "no worse" is read against.
+Each arm first runs ``history`` runs of every mix (the learned arm records
+their durations), then fresh workers (no cached plans) run ``measured`` runs
+of every mix, spread over a few seconds, with a callback.
 
 Per mix and arm: status calls per run (the fake's count per job) and the
 completion -> callback latency (the fake's completion instant to the
@@ -51,7 +53,7 @@ from worker.runs.poll_plan import plan_window, replay
 from worker.taskqueue.app import create_app
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Today's poll defaults, for both arms.
+#: Today's poll defaults, for every arm.
 POLLING: dict[str, Any] = {
     "poll_initial_delay": 2.0,
     "poll_interval": 5.0,
@@ -60,7 +62,9 @@ POLLING: dict[str, Any] = {
     "poll_jitter": 0.1,
 }
 TARGET_LATENCY = 0.5
-ARMS = {"learned": TARGET_LATENCY, "fixed": 0.0}
+#: The arms; "fixed again" is today's schedule a second time (an A/A arm): how far two
+#: identical schedules' figures differ in one run (jitter, timing) is the noise floor.
+ARMS = {"learned": TARGET_LATENCY, "fixed": 0.0, "fixed again": 0.0}
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,7 @@ def _figures(
 
 
 def live(plan: Plan, log: Any = sys.stderr) -> dict[str, Any]:
-    """Both arms on the fake server: history first, then the measured runs."""
+    """Every arm on the fake server: history first, then the measured runs."""
     all_mixes = mixes(plan.scale)
     series = {m.name: durations(m, plan.history + plan.measured) for m in all_mixes}
     longest = max(max(s) for s in series.values())
@@ -244,18 +248,29 @@ def live(plan: Plan, log: Any = sys.stderr) -> dict[str, Any]:
     with Bench.running() as b:
         b.reset()
         arms = [_arm(b, name, db, series) for db, name in enumerate(ARMS, start=1)]
-        step(f"history: {plan.history} runs of each mix, both arms")
+        step(f"history: {plan.history} runs of each mix, every arm")
         _history(b, arms, plan, longest)
-        learned_ctx = arms[0].ctx
-        windows = {
-            mix: learned_ctx.redis.llen(learned_ctx.keys.durations(app_id))
-            for mix, app_id in arms[0].apps.items()
-        }
-        step(f"measured: {plan.measured} runs of each mix, both arms")
+        step(f"measured: {plan.measured} runs of each mix, every arm")
         figures = _measured(b, arms, plan, longest)
+        for mix, windows in _windows(arms[0]).items():
+            figures[mix]["learned"]["windows"] = windows
         for arm in arms:
             arm.ctx.client.close()
-    return {"figures": figures, "history_recorded": windows}
+    return {"figures": figures}
+
+
+def _windows(arm: Arm) -> dict[str, dict[str, int]]:
+    """Per mix: how many of the arm's runs had each learned window ("" for none)."""
+    mix_of = {app_id: mix for mix, app_id in arm.apps.items()}
+    out: dict[str, dict[str, int]] = {mix: {} for mix in arm.apps}
+    for run_id in arm.ctx.ledger.run_ids(limit=100_000):
+        run = arm.ctx.ledger.get(run_id)
+        if run is None or run.get("app_id") not in mix_of or not run.get("callback_url"):
+            continue  # only the measured runs have a callback
+        counts = out[mix_of[run["app_id"]]]
+        window = str(run.get("poll_window") or "")
+        counts[window] = counts.get(window, 0) + 1
+    return out
 
 
 def replayed(history: int = 20, runs: int = 2000) -> dict[str, dict[str, Any]]:
@@ -290,7 +305,8 @@ def render(results: dict[str, Any]) -> str:
     """The two tables and the goals, as text."""
     lines = [
         "Learned poll schedules vs today's fixed schedule (fake Hatz, compressed durations)",
-        f"{'mix':<14}{'arm':<9}{'runs':>5}{'calls/run':>11}{'p50 s':>8}{'p90 s':>8}",
+        f"{'mix':<14}{'arm':<13}{'runs':>5}{'calls/run':>11}{'p50 s':>8}{'p90 s':>8}"
+        "  learned window (runs)",
     ]
     figures = results["live"]["figures"]
     for mix, arms in figures.items():
@@ -298,21 +314,25 @@ def render(results: dict[str, Any]) -> str:
             x = arms.get(arm)
             if x is None:
                 continue
+            windows = ", ".join(
+                f"{w or 'none'} ({n})" for w, n in sorted(x.get("windows", {}).items())
+            )
             lines.append(
-                f"{mix:<14}{arm:<9}{x['runs']:>5}{x['status_calls_per_run']:>11.2f}"
-                f"{_fmt(x['latency_p50_s']):>8}{_fmt(x['latency_p90_s']):>8}"
+                f"{mix:<14}{arm:<13}{x['runs']:>5}{x['status_calls_per_run']:>11.2f}"
+                f"{_fmt(x['latency_p50_s']):>8}{_fmt(x['latency_p90_s']):>8}  {windows}"
             )
     lines += ["", "Goals:"] + [f"  {g}" for g in goals(figures)]
     lines += [
         "",
         "Replayed at full scale (60 s runs, no servers: the schedule alone)",
-        f"{'mix':<16}{'window (from,to,spacing s)':<28}{'calls l/f':>12}{'p90 s l/f':>14}",
+        f"{'mix':<16}{'calls l/f':>12}{'p90 s l/f':>14}  window (from,to[,from,to],spacing s)",
     ]
     for mix, x in results["replayed"].items():
+        window = x["window"] or "none (today's schedule)"
         lines.append(
-            f"{mix:<16}{x['window'] or 'none (fixed)':<28}"
-            f"{x['learned']['calls']:>6.2f}/{x['fixed']['calls']:<5.2f}"
+            f"{mix:<16}{x['learned']['calls']:>6.2f}/{x['fixed']['calls']:<5.2f}"
             f"{x['learned']['latency_p90_s']:>8.2f}/{x['fixed']['latency_p90_s']:<5.2f}"
+            f"  {window}"
         )
     return "\n".join(lines)
 
@@ -334,11 +354,18 @@ def goals(figures: dict[str, Any]) -> list[str]:
             continue
         learned, fixed = arms["learned"], arms["fixed"]
         ratio = learned["status_calls_per_run"] / fixed["status_calls_per_run"]
-        p90_l, p90_f = learned["latency_p90_s"], fixed["latency_p90_s"]
-        ok = ratio <= 1.1 and p90_l is not None and p90_f is not None and p90_l <= p90_f
+        p90_l, p90_f = learned["latency_p90_s"] or 0.0, fixed["latency_p90_s"] or 0.0
+        again = arms.get("fixed again", {}).get("latency_p90_s")
+        noise = abs(again - p90_f) if again is not None else 0.0
+        if ratio <= 1.1 and p90_l <= p90_f:
+            verdict = "met"
+        elif ratio <= 1.1 and p90_l - p90_f <= noise:
+            verdict = f"met within the A/A noise (fixed vs fixed again: {noise:.2f} s)"
+        else:
+            verdict = "NOT met"
         out.append(
-            f"{mix}: calls learned/fixed {ratio:.2f} (<= 1.10), p90 {_fmt(p90_l)} vs"
-            f" {_fmt(p90_f)} s (no worse): " + ("met" if ok else "NOT met")
+            f"{mix}: calls learned/fixed {ratio:.2f} (<= 1.10), p90 {p90_l:.2f} vs"
+            f" {p90_f:.2f} s (no worse): {verdict}"
         )
     return out
 

@@ -290,3 +290,31 @@ def test_a_parked_learned_poll_keeps_its_window_when_the_dispatcher_publishes_it
     clock.now += float(step.countdown or 0)
     (after,) = poll_step(ctx, run_id, int(step.args[1]), step.args[2])
     assert after.countdown == pytest.approx(0.5)  # inside the window: its spacing
+
+
+def test_a_learned_run_rearmed_by_the_sweeper_keeps_its_window(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    from worker.runs.sweeper import sweep
+
+    clock, client = Clock(), StubClient()
+    settings = make_settings(**{**SETTINGS.model_dump(), "sweep_grace": 5.0})
+    ctx = Context.from_settings(
+        settings,
+        redis_client=fake_redis,
+        client=client,  # type: ignore[arg-type]
+        clock=clock,
+    )
+    for seconds in stable(20):
+        record_duration(fake_redis, ctx.keys, "app", Duration(seconds), ttl=100)
+    run_id, _ = ctx.ledger.create({"app_id": "app", "inputs": {"topic": "t"}})
+    submit_step(ctx, run_id, 0)
+    clock.now += 30.0  # the first poll's message was lost
+
+    (rearmed,) = sweep(ctx).steps
+    (step,) = poll_step(ctx, run_id, int(rearmed.args[1]), *rearmed.args[2:])
+
+    # The re-armed poll read the record: its next poll is still the jump to the window.
+    window = Window.decode(ctx.ledger.require(run_id)["poll_window"])
+    assert window is not None
+    assert step.countdown == pytest.approx(window.start + window.spacing - 30.0)

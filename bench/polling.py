@@ -144,6 +144,7 @@ def _arm(b: Bench, name: str, db: int, series: dict[str, list[float]]) -> Arm:
 def _workers(b: Bench, arms: Sequence[Arm]) -> Iterator[None]:
     """A fresh worker per arm (so no plan cached from an earlier phase)."""
     with ExitStack() as stack:
+        started = []
         for arm in arms:
             worker = Worker(
                 {
@@ -157,6 +158,8 @@ def _workers(b: Bench, arms: Sequence[Arm]) -> Iterator[None]:
             )
             worker.start()
             stack.callback(worker.close)
+            started.append((worker, arm))
+        for worker, arm in started:  # started together, then each waited for
             worker.wait_pinged(arm.celery)
         yield
 

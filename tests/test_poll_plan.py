@@ -318,3 +318,23 @@ def test_a_learned_run_rearmed_by_the_sweeper_keeps_its_window(
     window = Window.decode(ctx.ledger.require(run_id)["poll_window"])
     assert window is not None
     assert step.countdown == pytest.approx(window.start + window.spacing - 30.0)
+
+
+@pytest.mark.parametrize("backoff", [1.0, 1.5])
+def test_the_replay_counts_long_runs_at_once_as_the_polls_would_add_up(backoff: float) -> None:
+    from worker.runs.poll_plan import seen_at
+
+    settings = make_settings(
+        poll_initial_delay=2.0, poll_interval=5.0, poll_backoff=backoff, poll_max_interval=60.0
+    )
+    rng = random.Random(6)
+    windows = [None, Window(((58.0, 61.0),), 0.5), Window(((300.0, 320.0), (900.0, 960.0)), 2.0)]
+    for _ in range(300):
+        duration = rng.choice([rng.uniform(0, 100), rng.uniform(0, 2000)])
+        window = rng.choice(windows)
+
+        times = poll_times(duration, window, settings)
+
+        calls, last = seen_at(duration, window, settings)
+        assert calls == len(times)
+        assert last == pytest.approx(times[-1])

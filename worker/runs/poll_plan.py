@@ -170,15 +170,25 @@ def next_poll(
     whose last delay was ``current``, and the interval to record (what today's
     backoff and error handling continue from). None: today's schedule from here.
     """
-    for start, end in window.spans:
-        if elapsed < start:  # jump to the span (in hops no longer than today's longest)
-            hop = min(start + window.spacing - elapsed, settings.poll_max_interval)
-            return hop, window.spacing
-        if elapsed < end:
-            return window.spacing, window.spacing
+    aim = _aim(elapsed, window)
+    if aim is not None:  # jump to the span (in hops no longer than today's longest)
+        return min(aim - elapsed, settings.poll_max_interval), window.spacing
+    if elapsed < window.end:
+        return window.spacing, window.spacing
     if current < settings.poll_interval:  # past the window: widen fast to today's interval
         widened = min(settings.poll_interval, max(current, window.spacing) * 2)
         return widened, widened
+    return None
+
+
+def _aim(elapsed: float, window: Window) -> float | None:
+    """Where a run ``elapsed`` s after its submit jumps to: the first poll of the next
+    span, when it is before one (not inside one); None inside a span or past them all."""
+    for start, end in window.spans:
+        if elapsed < start:
+            return start + window.spacing
+        if elapsed < end:
+            return None
     return None
 
 
@@ -209,14 +219,45 @@ def poll_times(duration: float, window: Window | None, settings: Settings) -> li
     return times
 
 
+def seen_at(duration: float, window: Window | None, settings: Settings) -> tuple[int, float]:
+    """``len`` and last entry of :func:`poll_times`, counting runs of equal steps (today's
+    schedule once steady, hops of ``HATZ_POLL_MAX_INTERVAL`` towards a far window) at
+    once: a long run costs the replay a few dozen steps, not one per poll."""
+    t, current, calls = settings.poll_initial_delay, settings.poll_interval, 1
+    longest = settings.poll_max_interval
+    while t < duration:
+        aim = _aim(t, window) if window is not None else None
+        if aim is not None and aim - t > longest:
+            full = math.ceil((aim - t) / longest) - 1  # hops of the longest countdown
+            needed = math.ceil((duration - t) / longest)
+            if needed <= full:
+                return calls + needed, t + needed * longest
+            t, current, calls = (
+                t + full * longest,
+                window.spacing if window else current,
+                calls + full,
+            )
+            continue
+        step = next_poll(t, current, window, settings) if window is not None else None
+        if step is None:
+            window = None  # past the window, today's schedule for good
+            nxt = current if calls == 1 else fixed_next(current, settings)
+            if calls > 1 and nxt == current:  # steady: this step until it sees the run
+                needed = math.ceil((duration - t) / current)
+                return calls + needed, t + needed * current
+            step = (nxt, nxt)
+        t, current, calls = t + step[0], step[1], calls + 1
+    return calls, t
+
+
 def replay(ordered: Sequence[float], window: Window | None, settings: Settings) -> Replay:
     """Replay ``window``'s schedule (today's without one) over the run durations."""
     calls = 0
     delays = []
     for duration in ordered:
-        times = poll_times(duration, window, settings)
-        calls += len(times)
-        delays.append(max(0.0, times[-1] - duration))
+        count, last = seen_at(duration, window, settings)
+        calls += count
+        delays.append(max(0.0, last - duration))
     return Replay(calls / len(ordered), percentile(sorted(delays), 90))
 
 

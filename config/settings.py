@@ -110,6 +110,14 @@ class Settings(BaseSettings):
             "within it (worker RAM and Redis hold no far-off messages); 0: always countdowns, s."
         ),
     )
+    poll_target_latency: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "Learned poll schedules: the poll spacing around an app's predicted completion "
+            "(from its recent durations), so about the detection delay there; 0: off, s."
+        ),
+    )
     run_timeout: float = Field(
         default=6 * 3600.0, gt=0, description="Give up polling after this long (TIMED_OUT), s."
     )

@@ -1281,3 +1281,17 @@ def test_other_request_lines_are_answered_as_http_server_does(
 
     assert b"Error code: " + status in received
     assert closed
+
+
+def test_an_app_with_durations_runs_them_in_turn(
+    fake: FakeHatz, api: requests.Session, clock: ManualClock
+) -> None:
+    fake.add_app(FakeApp(id="wf", duration=9.0, pending_seconds=0.0, durations=[1.0, 3.0]))
+
+    jobs = [submit(api, fake, "wf", {}) for _ in range(3)]
+    clock.advance(5.0)
+
+    spans = [(lambda j: j["end_time"] - j["start_time"])(poll(api, fake, job)) for job in jobs]
+    assert spans == [1000, 3000, 1000]
+    with pytest.raises(ValueError, match="list of numbers"):
+        FakeApp.from_dict({"durations": [1, "x"]})

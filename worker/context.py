@@ -95,6 +95,9 @@ class Context:
     #: Workflow definitions this process read, with when their Redis cache entry
     #: expires (see :func:`worker.runs.apps.fetch_app`).
     apps: dict[str, tuple[float, App]] = field(default_factory=dict, repr=False)
+    #: Learned poll windows this process planned, by app, with when to plan again
+    #: (see :func:`worker.runs.poll_plan.window_for`).
+    poll_windows: dict[str, tuple[float, Any]] = field(default_factory=dict, repr=False)
     #: Set in worker pool processes: follow-up tasks are pushed by the ledger's
     #: compare-and-set itself (:mod:`worker.store.outbox`); None publishes them afterwards.
     outbox: Encoder | None = field(default=None, repr=False)

@@ -179,10 +179,12 @@ def plan_job(
     inputs: dict[str, Any],
     input_labels: dict[str, str],
     created_at: float,
+    duration: float | None = None,
 ) -> Job:
-    """Fix the timeline of a new run of workflow ``app`` submitted at ``created_at``."""
+    """Fix the timeline of a new run of workflow ``app`` submitted at ``created_at``
+    (running ``duration`` seconds, the app's ``duration`` when None)."""
     run_start = created_at + app.pending_seconds
-    per_step = app.duration / len(app.steps)
+    per_step = (app.duration if duration is None else duration) / len(app.steps)
     failing = app.failing_step
     plans: list[StepPlan] = []
     for position, step in enumerate(app.steps):

@@ -154,6 +154,9 @@ class FakeApp:
     steps: list[FakeStep] = field(default_factory=list)
     duration: float = 1.0
     pending_seconds: float = 0.2
+    #: When set, successive runs take these durations in turn (the n-th run of the app
+    #: ``durations[n % len]``) instead of ``duration``: an app whose runs vary.
+    durations: list[float] = field(default_factory=list)
     fail: bool = False
     fail_at_step: int | None = None
     faults: FaultConfig | None = None
@@ -169,6 +172,9 @@ class FakeApp:
             raise ValueError(f"FakeApp.kind must be 'workflow' or 'app', got {self.kind!r}")
         if self.duration < 0 or self.pending_seconds < 0:
             raise ValueError("FakeApp.duration and pending_seconds must not be negative")
+        self.durations = [float(d) for d in self.durations]
+        if any(not d >= 0 for d in self.durations):
+            raise ValueError("FakeApp.durations must not be negative")
         self.user_inputs = [dataclasses.replace(i) for i in self.user_inputs]
         self.steps = [dataclasses.replace(s) for s in self.steps]
         if self.kind == "workflow" and not self.steps:
@@ -242,6 +248,7 @@ class FakeApp:
                 "user_inputs": lambda v: [FakeInput.from_dict(_mapping(x)) for x in _list(v)],
                 "steps": lambda v: [FakeStep.from_dict(_mapping(x)) for x in _list(v)],
                 "faults": lambda v: None if v is None else FaultConfig.from_dict(_mapping(v)),
+                "durations": _numbers,
             },
         )
 
@@ -286,6 +293,13 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"expected an object, got {value!r}")
     return value
+
+
+def _numbers(value: Any) -> list[float]:
+    items = _list(value)
+    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in items):
+        raise ValueError(f"expected a list of numbers, got {value!r}")
+    return [float(x) for x in items]
 
 
 def _list(value: Any) -> list[Any]:

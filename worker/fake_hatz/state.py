@@ -89,6 +89,7 @@ class FakeState:
         self._files: dict[str, UploadedFile] = {}
         self._jobs: dict[str, Job] = {}
         self._lost: set[str] = set()
+        self._runs_of: dict[str, int] = {}  # runs made per app (FakeApp.durations' turn)
 
     # --- auth, time ----------------------------------------------------------
 
@@ -188,12 +189,19 @@ class FakeState:
             labels[name] = (
                 f"{upload.filename} ({upload.size} bytes)" if upload else input_label(value)
             )
+        duration = None
+        if app.durations:
+            with self._lock:
+                turn = self._runs_of.get(app.id, 0)
+                self._runs_of[app.id] = turn + 1
+            duration = app.durations[turn % len(app.durations)]
         job = plan_job(
             app,
             job_id=str(uuid.uuid4()),
             inputs=dict(inputs),
             input_labels=labels,
             created_at=self.clock(),
+            duration=duration,
         )
         lost = self.injector.chance(faults.lose_jobs)
         with self._lock:
@@ -264,6 +272,7 @@ class FakeState:
             self._jobs.clear()
             self._files.clear()
             self._lost.clear()
+            self._runs_of.clear()
             self._faults = self._initial_faults
         self.injector.reseed(self.seed)
         self.recorder.reset()

@@ -21,9 +21,11 @@ from worker.errors import (
 from worker.hatz.types import Job, StepOutput
 from worker.ops import log_context
 from worker.runs.documents import collect_documents
-from worker.runs.finish import error_text, finish
+from worker.runs.finish import end_run, error_text, finish
 from worker.runs.poll_hints import poll_hint, record_from_hint
+from worker.runs.poll_plan import Window, jittered_delay, next_poll
 from worker.runs.timing import jittered, task_lease
+from worker.store.durations import Duration, record_duration
 from worker.store.ledger import POLLING_STATES, Run, RunState
 from worker.store.outbox import Next
 from worker.store.poll_log import poll_log_field
@@ -162,7 +164,37 @@ def _completed(
         "documents": documents,
         "last_error": "",
     }
-    return finish(ctx, run.run_id, run.token, RunState.COMPLETED, fields=fields, run=record)
+    moved, steps = end_run(
+        ctx, run.run_id, run.token, RunState.COMPLETED, fields=fields, run=record
+    )
+    if moved and ctx.settings.poll_target_latency > 0 and run.get("app_id"):
+        _learn(ctx, run, job)
+    return steps
+
+
+def _learn(ctx: Context, run: Run, job: Job) -> None:
+    """Add this completed run's duration to its app's history (the learned schedule's input).
+
+    Measured by Hatz's own clock (the job's ``start_time`` to its ``end_time``, and to
+    its first step's start), so neither our polls' timing nor clock skew shows in it;
+    from our own stamps when the API leaves those out.
+    """
+    submitted_at = float(run.get("submitted_at") or ctx.clock())
+    if job.start_time is not None and job.end_time is not None:
+        to_complete = max(0.0, (job.end_time - job.start_time) / 1000)
+    else:
+        to_complete = max(0.0, ctx.clock() - submitted_at)
+    first = job.step_outputs[0].start_time if job.step_outputs else None
+    to_running = None
+    if first is not None and job.start_time is not None:
+        to_running = max(0.0, (first - job.start_time) / 1000)
+    record_duration(
+        ctx.redis,
+        ctx.keys,
+        str(run["app_id"]),
+        Duration(to_complete, to_running),
+        ttl=ctx.settings.run_retention,
+    )
 
 
 def _in_progress(
@@ -176,8 +208,10 @@ def _in_progress(
         if full is not None and events.wants_started(full):
             callback_token = int(full.get("callback_token") or 0)
             started.append(Next(task_names.DELIVER_CALLBACK, (run.run_id, callback_token)))
-    interval = _next_interval(ctx, run, job)
-    return _reschedule_poll(ctx, run, run.token, interval, progress, also=started)
+    interval, countdown = _planned_next(ctx, run, job)
+    return _reschedule_poll(
+        ctx, run, run.token, interval, progress, also=started, countdown=countdown
+    )
 
 
 def _summarise_step(step: StepOutput) -> dict[str, Any]:
@@ -202,6 +236,20 @@ def _failure_reason(job: Job) -> str:
     return "job failed"
 
 
+def _planned_next(ctx: Context, run: Run, job: Job) -> tuple[float, float | None]:
+    """The next interval and, when the app's learned window places the next poll, its
+    countdown (None: today's schedule, jittered as always)."""
+    window = Window.decode(run.get("poll_window"))
+    if window is not None:
+        submitted_at = float(run.get("submitted_at") or ctx.clock())
+        current = float(run.get("poll_interval") or ctx.settings.poll_interval)
+        planned = next_poll(ctx.clock() - submitted_at, current, window, ctx.settings)
+        if planned is not None:
+            delay, interval = planned
+            return interval, jittered_delay(delay, window, ctx.settings)
+    return _next_interval(ctx, run, job), None
+
+
 def _next_interval(ctx: Context, run: Run, job: Job | None) -> float:
     s = ctx.settings
     current = float(run.get("poll_interval") or s.poll_interval)
@@ -220,14 +268,17 @@ def _reschedule_poll(
     interval: float,
     fields: Mapping[str, Any],
     also: Sequence[Next] = (),
+    countdown: float | None = None,
 ) -> list[Next]:
     """Record this poll and schedule the next, in one compare-and-set that also moves
     the token on (``token -> token+1``): a duplicate of this message finds it moved.
 
     ``also``: other tasks this poll starts (its ``workflow_run.started`` delivery);
     pushed with the same write, so no crash can record the change and lose them.
+    ``countdown``: a planned one (:mod:`worker.runs.poll_plan`); else ``interval`` jittered.
     """
-    countdown = jittered(ctx, interval)
+    if countdown is None:
+        countdown = jittered(ctx, interval)
     now = ctx.clock()
     # Far-off polls are parked in Redis, not held by a worker as countdown messages;
     # worker.runs.dispatcher publishes each as a countdown once it is within the horizon.

@@ -29,8 +29,12 @@ HINT_FIELDS = (
     "run_timeout",
     "quiet",  # not a record field: True when the run ends with nothing to send
 )
+#: An optional last entry, after ``quiet``: the run's learned poll window
+#: (:mod:`worker.runs.poll_plan`), only when its app has one; a run without one
+#: carries the same hint as before.
+WINDOW_FIELD = "poll_window"
 #: What :func:`poll_hint` reads from a full record.
-HINT_SOURCES = (*HINT_FIELDS[:-1], "callback_url", "batch_id")
+HINT_SOURCES = (*HINT_FIELDS[:-1], "callback_url", "batch_id", WINDOW_FIELD)
 
 
 _POLLING_NAMES = frozenset(s.value for s in POLLING_STATES)
@@ -45,7 +49,9 @@ def poll_hint(run: Mapping[str, Any]) -> list[Any]:
     the record (a run's callback and batch never change mid-run).
     """
     quiet = run["quiet"] if "quiet" in run else not (run.get("callback_url") or run.get("batch_id"))
-    return [run.get(name) for name in HINT_FIELDS[:-1]] + [bool(quiet)]
+    hint = [run.get(name) for name in HINT_FIELDS[:-1]] + [bool(quiet)]
+    window = run.get(WINDOW_FIELD)
+    return [*hint, window] if isinstance(window, str) and window else hint
 
 
 #: The type of each hint entry (None is always allowed, but for the job id).
@@ -68,13 +74,19 @@ _HINT_TYPES: dict[str, type | tuple[type, ...]] = {
 def record_from_hint(run_id: str, token: int, hint: Any) -> Run | None:
     """The partial record a hint stands for; None when there is no usable hint (then
     the poll claims the run and reads it, as without one)."""
-    if not isinstance(hint, list) or len(hint) != len(HINT_FIELDS):
+    if not isinstance(hint, list) or len(hint) not in (len(HINT_FIELDS), len(HINT_FIELDS) + 1):
         return None
-    fields = {k: v for k, v in zip(HINT_FIELDS, hint, strict=True) if v is not None}
+    window = hint[len(HINT_FIELDS)] if len(hint) > len(HINT_FIELDS) else None
+    if window is not None and not isinstance(window, str):
+        return None
+    base = hint[: len(HINT_FIELDS)]
+    fields = {k: v for k, v in zip(HINT_FIELDS, base, strict=True) if v is not None}
     for name, value in fields.items():
         kind = _HINT_TYPES[name]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             return None
     if not fields.get("job_id") or fields.get("state") not in _POLLING_NAMES:
         return None
+    if window:
+        fields[WINDOW_FIELD] = window
     return Run({**fields, "run_id": run_id, "token": token})

@@ -42,6 +42,7 @@ from worker.runs.apps import cached_app, fetch_app
 from worker.runs.finish import error_text, finish
 from worker.runs.inputs import validate_inputs
 from worker.runs.poll_hints import poll_hint
+from worker.runs.poll_plan import window_for
 from worker.runs.timing import jittered, retry_delay, task_lease
 from worker.store.ledger import ACTIVE_STATES, PRE_SUBMIT_STATES, CasResult, Run, RunState
 from worker.store.outbox import Next
@@ -331,6 +332,9 @@ def _record_submitted(ctx: Context, run: Run, job: SubmittedJob) -> list[Next]:
         "due_at": now + first,
         "last_error": "",
     }
+    window = window_for(ctx, str(run.get("app_id") or ""))
+    if window is not None:
+        fields["poll_window"] = window.encode()
     hint = poll_hint({**run, **fields, "state": RunState.SUBMITTED.value, "submitted_at": now})
     poll = Next(task_names.POLL, (run_id, token, hint), first)
     push = ctx.outbox.encode([poll]) if ctx.outbox is not None else None

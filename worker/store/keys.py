@@ -45,6 +45,9 @@ key                             type    what
                                         token's hash, the CSRF token (12 h TTL)
 ``P:console:samples``           list    the console's chart samples: the shared counters
                                         once a minute (newest first, trimmed to 24 h)
+``P:durations:<app_id>``        list    an app's recent run durations, newest first, trimmed
+                                        to 64 and expiring ``HATZ_RUN_RETENTION`` after the
+                                        last write (``worker.store.durations``)
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -196,3 +199,7 @@ class Keys:
     def console_samples(self) -> str:
         """The web console's chart samples, newest first."""
         return f"{self.prefix}:console:samples"
+
+    def durations(self, app_id: str) -> str:
+        """An app's recent run durations (the learned poll schedule's input)."""
+        return f"{self.prefix}:durations:{app_id}"

@@ -4,6 +4,7 @@ surrounding shell never leak into tests."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,8 @@ def make_settings(**overrides: Any) -> Settings:
         "app_cache_ttl": 0,
         "callback_allow_private": True,
         "callback_retry_delays": "0,0.05,0.1",
+        # Tests write their input files under the temporary directory (tmp_path).
+        "file_roots": f".,{tempfile.gettempdir()}",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -53,7 +53,11 @@ class Stack:
     def new_worker(self) -> CeleryProcess:
         """A worker process (not started) with this stack's settings."""
         return CeleryProcess(
-            {**self.values, "api_key": API_KEY},
+            {
+                "file_roots": ",".join(self.settings.file_roots),
+                **self.values,
+                "api_key": API_KEY,
+            },
             args=["--pool", "prefork", "--concurrency", str(self.concurrency), *QUIET_WORKER],
         )
 

@@ -17,8 +17,9 @@ from celery import Celery
 
 from worker import task_names
 from worker.context import Context, get_context
-from worker.errors import InvalidRunError
+from worker.errors import FileRefusedError, InvalidRunError
 from worker.runs.cancel import cancel
+from worker.runs.finish import finish
 from worker.runs.request import check_request
 from worker.runs.submit import submit_hint
 from worker.store.ledger import Run, RunState, fingerprint
@@ -51,10 +52,72 @@ def enqueue_run(
     enqueued then.
     """
     ctx = context or get_context()
-    event_list = list(events) if events is not None else None
-    clean_inputs, clean_files, problems = check_request(
-        app_id, inputs or {}, files or {}, metadata, event_list
+    params = _checked_params(
+        ctx, app_id, inputs, files, callback_url, metadata, is_draft_app, events, timeout
     )
+    return _record(ctx, params, idempotency_key, celery)
+
+
+def enqueue_run_rejecting_refused_files(
+    *, context: Context, celery: Celery | None = None, **request: Any
+) -> str:
+    """:func:`enqueue_run` for ``send_task("hatz.run_workflow")``: a file refused by
+    ``HATZ_FILE_ROOTS`` gives a REJECTED run (nothing uploaded) instead of an error.
+
+    A producer that sent a task may never read its result, so the refusal is
+    recorded where it looks (``hatz-worker status``, the run's
+    ``workflow_run.rejected`` callback). Any other problem raises as usual.
+    """
+    try:
+        return enqueue_run(context=context, celery=celery, **request)
+    except FileRefusedError as exc:
+        refused = exc
+    params = _checked_params(
+        context,
+        request.get("app_id"),
+        request.get("inputs"),
+        None,
+        request.get("callback_url"),
+        request.get("metadata"),
+        request.get("is_draft_app", False),
+        request.get("events"),
+        request.get("timeout"),
+    )
+    run_id, created = context.ledger.create(params, idempotency_key=request.get("idempotency_key"))
+    if created:
+        steps = finish(
+            context,
+            run_id,
+            0,
+            RunState.REJECTED,
+            error="; ".join(refused.problems),
+            states=frozenset({RunState.QUEUED}),
+        )
+        if steps:
+            from worker.taskqueue.app import publish
+
+            publish(steps, celery)
+    return run_id
+
+
+def _checked_params(
+    ctx: Context,
+    app_id: Any,
+    inputs: Mapping[str, Any] | None,
+    files: Mapping[str, str | os.PathLike[str]] | None,
+    callback_url: str | None,
+    metadata: Mapping[str, Any] | None,
+    is_draft_app: bool,
+    events: Iterable[str] | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """The run's parameters as recorded; raise :class:`InvalidRunError` (or, when every
+    problem is a refused file, :class:`FileRefusedError`) listing every problem."""
+    event_list = list(events) if events is not None else None
+    checked = check_request(
+        app_id, inputs or {}, files or {}, metadata, event_list, settings=ctx.settings
+    )
+    problems = checked.problems
     if callback_url:
         try:
             check_callback_url(callback_url, ctx.settings)
@@ -62,18 +125,26 @@ def enqueue_run(
             problems += exc.problems
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         problems.append("timeout must be a positive number of seconds")
+    if problems and len(problems) == len(checked.refused):
+        raise FileRefusedError(problems)
     if problems:
         raise InvalidRunError(problems)
-    params = {
+    return {
         "app_id": app_id,
-        "inputs": clean_inputs,
-        "files": clean_files,
+        "inputs": checked.inputs,
+        "files": checked.files,
         "callback_url": callback_url or "",
         "metadata": dict(metadata or {}),
         "is_draft_app": bool(is_draft_app),
         "events": event_list,
         "run_timeout": timeout,
     }
+
+
+def _record(
+    ctx: Context, params: dict[str, Any], idempotency_key: str | None, celery: Celery | None
+) -> str:
+    """Record the run (or find its idempotent twin) and publish its submit when new."""
     run_id, created = ctx.ledger.create(
         params,
         idempotency_key=idempotency_key,

@@ -27,8 +27,14 @@ from worker.batches.request import BatchRequest
 from worker.batches.sources import BadRow, Row, read_source, validate_rows
 from worker.batches.tick import HELD_FOR, tick
 from worker.context import Context
-from worker.errors import HatzNotFoundError, InvalidBatchError, InvalidRunError
+from worker.errors import (
+    FileRefusedError,
+    HatzNotFoundError,
+    InvalidBatchError,
+    InvalidRunError,
+)
 from worker.runs.apps import fetch_app
+from worker.runs.file_roots import allowed_path
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
 from worker.webhooks.ssrf import check_callback_url
@@ -122,6 +128,11 @@ def _check_request(ctx: Context, request: BatchRequest) -> int:
 
 def _read_rows(ctx: Context, request: BatchRequest) -> _Rows:
     """Read the source and check every row against the app; raise when nothing may run."""
+    if request.source is not None:
+        try:
+            allowed_path(request.source, ctx.settings)  # its rows are sent to Hatz
+        except FileRefusedError as exc:
+            raise InvalidBatchError([f"source {exc.problems[0]}"]) from None
     rows, unparsable = read_source(
         request.source, inputs=request.inputs, file_input=request.file_input
     )
@@ -129,7 +140,7 @@ def _read_rows(ctx: Context, request: BatchRequest) -> _Rows:
         app = fetch_app(ctx, request.app_id)
     except HatzNotFoundError:
         raise InvalidBatchError([f"unknown app_id {request.app_id!r}"]) from None
-    good, bad = validate_rows(app, rows)
+    good, bad = validate_rows(app, rows, ctx.settings)
     bad = sorted(unparsable + bad, key=lambda b: b.number)
     if bad and request.on_bad_rows == "abort":
         raise InvalidBatchError([b.describe() for b in bad])

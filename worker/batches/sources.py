@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from worker.errors import InvalidBatchError
 from worker.hatz.types import App
 from worker.runs.inputs import validate_inputs
@@ -156,15 +157,17 @@ def _row_from_mapping(
     return Row(number, inputs, files)
 
 
-def validate_rows(app: App, rows: Iterable[Row]) -> Rows:
-    """Split rows into good ones and bad ones (local checks + the app's ``user_inputs``)."""
+def validate_rows(app: App, rows: Iterable[Row], settings: Settings) -> Rows:
+    """Split rows into good ones and bad ones (local checks, files against
+    ``HATZ_FILE_ROOTS``, and the app's ``user_inputs``)."""
     good: list[Row] = []
     bad: list[BadRow] = []
     for row in rows:
-        inputs, files, problems = check_request(app.id, row.inputs, row.files, None, None)
-        problems += validate_inputs(app, inputs, {**row.files, **files})
+        checked = check_request(app.id, row.inputs, row.files, None, None, settings=settings)
+        problems = checked.problems
+        problems += validate_inputs(app, checked.inputs, {**row.files, **checked.files})
         if problems:
             bad.append(BadRow(row.number, problems))
         else:
-            good.append(Row(row.number, inputs, files))
+            good.append(Row(row.number, checked.inputs, checked.files))
     return good, bad

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from worker import task_names
 from worker.context import Context
 from worker.errors import (
+    FileRefusedError,
     HatzAuthError,
     HatzConnectError,
     HatzCreditOverageError,
@@ -37,6 +39,7 @@ from worker.hatz.types import App, SubmittedJob
 from worker.limits import breaker
 from worker.ops import log_context
 from worker.runs.apps import cached_app, fetch_app
+from worker.runs.file_roots import allowed_path
 from worker.runs.finish import error_text, finish
 from worker.runs.inputs import validate_inputs
 from worker.runs.poll_hints import poll_hint
@@ -244,11 +247,22 @@ def _upload_files(
     """Upload every file not uploaded yet, recording each ``file_uuid`` in ``inputs``
     (and the ledger); None when all are up, else the follow-ups of a run that stops."""
     run_id, token = run.run_id, run.token
+    # Every path is checked again here, right before the upload, and all of them before
+    # the first upload: a refused one rejects the run with nothing uploaded.
+    real: dict[str, Path] = {}
     for name, path in sorted(files.items()):
+        try:
+            real[name] = allowed_path(path, ctx.settings)
+        except FileRefusedError as exc:
+            msg = f"file for input {name!r}: {exc}"
+            return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)
+    for name, real_path in sorted(real.items()):
         if name in inputs:
             continue  # uploaded by an earlier attempt
         try:
-            uploaded = ctx.client.upload_file(path, scope_type="workflow", scope_id=run["app_id"])
+            uploaded = ctx.client.upload_file(
+                real_path, scope_type="workflow", scope_id=run["app_id"]
+            )
         except OSError as exc:
             msg = f"cannot read file for input {name!r}: {exc.strerror or exc}"
             return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batches.abandon import ABANDONED, CREATING_GRACE, cancel_runs
+from worker.batches.abandon import ABANDONED, CREATING_GRACE, cancel_runs, expire_abandoned
 from worker.batches.records import batch_cas, flat, text
 from worker.batches.request import BatchRequest
 from worker.batches.sources import BadRow, Row, read_source, validate_rows
@@ -79,14 +79,13 @@ def create_batch(
     pipe.rpush(ctx.keys.batch_rows(batch_id), *run_ids)
     if pending:
         pipe.rpush(ctx.keys.batch_pending(batch_id), *pending)
-    if key_map:
-        pipe.expire(key_map, ctx.settings.run_retention)
     pipe.execute()
     # Last, and only from ``creating``: a batch the sweep abandoned meanwhile stays so.
     if not batch_cas(
         ctx, batch_id, {"state": ["creating"]}, {"state": "running", "reused": len(reuse)}
     ):
         cancel_runs(ctx, pending)
+        expire_abandoned(ctx, batch_id)  # what this creation pushed after the abandonment
         raise InvalidBatchError([f"batch {batch_id}: {ABANDONED} (took over {CREATING_GRACE:g} s)"])
     ctx.redis.delete(ctx.keys.batch_created(batch_id))
     log.info(
@@ -251,6 +250,9 @@ def _create_runs(
         )
         run_ids.append(run_id)
         pending.append(run_id)
-        if key_map:
-            ctx.redis.hset(key_map, row.content_hash(request.app_id), run_id)
+        if key_map:  # the map's expiry is set with each write, in one transaction
+            pipe = ctx.redis.pipeline(transaction=True)
+            pipe.hset(key_map, row.content_hash(request.app_id), run_id)
+            pipe.expire(key_map, ctx.settings.run_retention)
+            pipe.execute()
     return run_ids, pending

@@ -83,7 +83,11 @@ def enqueue_run_rejecting_refused_files(
         request.get("events"),
         request.get("timeout"),
     )
-    run_id, created = context.ledger.create(params, idempotency_key=request.get("idempotency_key"))
+    run_id, created = context.ledger.create(
+        params,
+        idempotency_key=request.get("idempotency_key"),
+        params_fingerprint=fingerprint(params),
+    )
     if created:
         steps = finish(
             context,

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
         default=7 * 86400, gt=0, description="How long an idempotency key maps to its run, s."
     )
 
+    # --- Local files ------------------------------------------------------------
+    file_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["."],
+        description=(
+            "Folders local input files may come from, comma-separated; relative ones are "
+            "taken from the working directory. /proc, /sys and /dev are refused anyway."
+        ),
+    )
+
     # --- Polling --------------------------------------------------------------
     poll_initial_delay: float = Field(default=2.0, ge=0, description="First poll after submit, s.")
     poll_interval: float = Field(default=5.0, gt=0, description="Poll interval, s.")
@@ -276,7 +285,11 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "document_output_types", "callback_allow_hosts", "file_url_allow_hosts", mode="before"
+        "document_output_types",
+        "callback_allow_hosts",
+        "file_url_allow_hosts",
+        "file_roots",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -292,6 +305,13 @@ class Settings(BaseSettings):
     def _delays_non_negative(cls, value: list[float]) -> list[float]:
         if not value or any(d < 0 for d in value):
             raise ValueError("must be a non-empty comma-separated list of seconds >= 0")
+        return value
+
+    @field_validator("file_roots")
+    @classmethod
+    def _roots_given(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one folder ('.' is the working directory)")
         return value
 
     @field_validator("redis_url")

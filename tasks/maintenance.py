@@ -10,7 +10,8 @@ from worker.taskqueue.app import app, publish
 
 @app.task(name=task_names.SWEEP)  # type: ignore[untyped-decorator]
 def sweep() -> dict[str, int]:
-    """Re-arm runs whose next task was lost (``hatz.sweep``, every HATZ_SWEEP_INTERVAL s)."""
+    """Re-arm runs whose next task was lost and trim the indexes (``hatz.sweep``, every
+    HATZ_SWEEP_INTERVAL s)."""
     report = sweep_once(get_context())
     publish(report.steps, app)
     return {
@@ -18,4 +19,5 @@ def sweep() -> dict[str, int]:
         "ambiguous": len(report.ambiguous),
         "settled": len(report.settled),
         "stalled": len(report.stalled),
+        "trimmed": sum(report.trimmed.values()),
     }

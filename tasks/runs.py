@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker import task_names
-from worker.api.runs import enqueue_run
+from worker.api.runs import enqueue_run_rejecting_refused_files
 from worker.context import get_context
 from worker.runs.archive import archive_step
 from worker.runs.poll import poll_step
@@ -18,9 +18,10 @@ from worker.taskqueue.app import app, publish
 def run_workflow(**request: Any) -> str:
     """Public entry point for ``send_task("hatz.run_workflow", kwargs={...})``.
 
-    Takes :func:`worker.enqueue_run`'s keyword arguments; returns the run id.
+    Takes :func:`worker.enqueue_run`'s keyword arguments; returns the run id. A file
+    outside ``HATZ_FILE_ROOTS`` gives a REJECTED run (nothing uploaded), not an error.
     """
-    return enqueue_run(context=get_context(), celery=app, **request)
+    return enqueue_run_rejecting_refused_files(context=get_context(), celery=app, **request)
 
 
 # Submit and poll are acknowledged when a pool process starts them, not when they

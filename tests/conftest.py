@@ -4,6 +4,7 @@ surrounding shell never leak into tests."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,9 @@ from worker.context import Context
 from worker.hatz.client import HatzClient
 
 API_KEY = "test-key-0123456789"
+#: HATZ_FILE_ROOTS for tests and their worker processes: tests write their input
+#: files under the temporary directory (tmp_path).
+FILE_ROOTS = f".,{tempfile.gettempdir()}"
 
 for _name in [n for n in os.environ if n.startswith("HATZ_")]:
     del os.environ[_name]
@@ -40,6 +44,7 @@ def make_settings(**overrides: Any) -> Settings:
         "app_cache_ttl": 0,
         "callback_allow_private": True,
         "callback_retry_delays": "0,0.05,0.1",
+        "file_roots": FILE_ROOTS,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

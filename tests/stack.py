@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from config import Settings
-from tests.conftest import API_KEY, make_settings
+from tests.conftest import API_KEY, FILE_ROOTS, make_settings
 from worker.api.runs import enqueue_run, wait_for_run
 from worker.context import Context
 from worker.fake_hatz import FakeApp, FakeHatz
@@ -40,7 +40,12 @@ class Stack:
         self.redis = redis
         self.fake = fake
         self.receiver = receiver
-        self.values = {**values, "redis_url": redis.url, "base_url": fake.url}
+        self.values = {
+            "file_roots": FILE_ROOTS,
+            **values,
+            "redis_url": redis.url,
+            "base_url": fake.url,
+        }
         self.settings: Settings = make_settings(**self.values)
         self.context = Context.from_settings(self.settings)
         self.celery: Celery = create_app(self.settings)

@@ -85,9 +85,15 @@ def test_a_url_file_input_of_the_wrong_form_is_refused_at_enqueue(ref: str, prob
 
 
 def test_check_request_keeps_url_inputs_as_they_are_and_checks_only_their_form() -> None:
-    _, files, problems = check_request(
-        "app", {}, {"a": "s3://bucket/in/a.csv", "b": "https://x.example/b.pdf"}, None, None
+    checked = check_request(
+        "app",
+        {},
+        {"a": "s3://bucket/in/a.csv", "b": "https://x.example/b.pdf"},
+        None,
+        None,
+        settings=make_settings(),
     )
+    files, problems = checked.files, checked.problems
 
     assert problems == []
     assert files == {"a": "s3://bucket/in/a.csv", "b": "https://x.example/b.pdf"}

@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
-from tests.conftest import API_KEY, make_settings
+from tests.conftest import API_KEY, FILE_ROOTS, make_settings
 from worker.api.runs import enqueue_run, wait_for_run
 from worker.cli.main import main
 from worker.context import Context
@@ -84,7 +84,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
         FakeHatz(api_key=API_KEY, port=0) as fake,
         CallbackReceiver() as receiver,
     ):
-        values = {**VALUES, "redis_url": redis.url, "base_url": fake.url}
+        values = {**VALUES, "redis_url": redis.url, "base_url": fake.url, "file_roots": FILE_ROOTS}
         settings = make_settings(**values)
         env = {**values, "api_key": API_KEY, "log_json": "true", "log_level": "DEBUG"}
         workers = [

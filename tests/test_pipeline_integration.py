@@ -238,3 +238,26 @@ def test_another_app_can_enqueue_by_task_name_with_send_task(stack: Stack) -> No
     assert again == run_id
     assert len([c for c in stack.calls("run", app.id) if c["status"] == 200]) == 1
     other.close()
+
+
+def test_send_task_naming_a_file_outside_the_roots_gives_a_rejected_run_and_no_upload(
+    stack: Stack,
+) -> None:
+    # Given an unrelated Celery app naming a file the worker can read but must not upload
+    app = stack.app(user_inputs=[FakeInput("report", variable_type="file_upload")])
+    other = Celery("someone-else", broker=stack.redis.url, backend=stack.redis.url)
+    uploads_before = len(stack.calls("upload"))
+
+    result = other.send_task(
+        "hatz.run_workflow",
+        kwargs={"app_id": app.id, "inputs": {}, "files": {"report": "/proc/self/environ"}},
+        queue="hatz.submit",
+    )
+    run = stack.wait(result.get(timeout=20))
+
+    # Then the run is REJECTED, says why, and nothing reached the API
+    assert run.state is RunState.REJECTED
+    assert "/proc/self/environ" in run["error"]
+    assert len(stack.calls("upload")) == uploads_before
+    assert stack.calls("run", app.id) == []
+    other.close()

@@ -125,6 +125,19 @@ class InvalidRunError(HatzError):
         super().__init__("; ".join(self.problems))
 
 
+class FileRefusedError(InvalidRunError):
+    """Raised when a local file lies outside ``HATZ_FILE_ROOTS`` or under /proc, /sys or /dev.
+
+    ``path`` is the path as given, ``resolved`` where it really leads (symlinks
+    and ``..`` resolved).
+    """
+
+    def __init__(self, problems: str | list[str], *, path: str = "", resolved: str = "") -> None:
+        super().__init__([problems] if isinstance(problems, str) else problems)
+        self.path = path
+        self.resolved = resolved
+
+
 class IdempotencyConflictError(HatzError):
     """Raised when an idempotency key is reused with different run parameters."""
 

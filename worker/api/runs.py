@@ -21,10 +21,11 @@ from celery import Celery
 
 from worker import task_names
 from worker.context import Context, get_context
-from worker.errors import IdempotencyConflictError, InvalidRunError
+from worker.errors import FileRefusedError, IdempotencyConflictError, InvalidRunError
 from worker.files.sources import check_urls
 from worker.files.sources import upload_here as upload_here_now
 from worker.runs.cancel import cancel
+from worker.runs.finish import finish
 from worker.runs.request import check_request
 from worker.runs.submit import submit_hint
 from worker.store.ledger import Run, RunState, fingerprint
@@ -76,6 +77,52 @@ def enqueue_run(
         context=context,
         celery=celery,
     )
+    return run_id
+
+
+def enqueue_run_rejecting_refused_files(
+    *, context: Context, celery: Celery | None = None, **request: Any
+) -> str:
+    """:func:`enqueue_run` for ``send_task("hatz.run_workflow")``: a file refused by
+    ``HATZ_FILE_ROOTS`` gives a REJECTED run (nothing uploaded) instead of an error.
+
+    A producer that sent a task may never read its result, so the refusal is
+    recorded where it looks (``hatz-worker status``, the run's
+    ``workflow_run.rejected`` callback). Any other problem raises as usual.
+    """
+    try:
+        return enqueue_run(context=context, celery=celery, **request)
+    except FileRefusedError as exc:
+        refused = exc
+    params = _checked_params(
+        context,
+        request.get("app_id"),
+        request.get("inputs"),
+        None,
+        request.get("callback_url"),
+        request.get("metadata"),
+        request.get("is_draft_app", False),
+        request.get("events"),
+        request.get("timeout"),
+    )
+    run_id, created = context.ledger.create(
+        params,
+        idempotency_key=request.get("idempotency_key"),
+        params_fingerprint=fingerprint(params),
+    )
+    if created:
+        steps = finish(
+            context,
+            run_id,
+            0,
+            RunState.REJECTED,
+            error="; ".join(refused.problems),
+            states=frozenset({RunState.QUEUED}),
+        )
+        if steps:
+            from worker.taskqueue.app import publish
+
+            publish(steps, celery)
     return run_id
 
 
@@ -185,7 +232,7 @@ def client_idempotency_key(client: str, key: str) -> str:
 
 def _checked_params(
     ctx: Context,
-    app_id: str,
+    app_id: Any,
     inputs: Mapping[str, Any] | None,
     files: Mapping[str, str | os.PathLike[str]] | None,
     callback_url: str | None,
@@ -194,12 +241,14 @@ def _checked_params(
     events: Iterable[str] | None,
     timeout: float | None,
 ) -> dict[str, Any]:
-    """The run's parameters as recorded; raises :class:`InvalidRunError` listing every problem."""
+    """The run's parameters as recorded; raise :class:`InvalidRunError` (or, when every
+    problem is a refused file, :class:`FileRefusedError`) listing every problem."""
     event_list = list(events) if events is not None else None
-    clean_inputs, clean_files, problems = check_request(
-        app_id, inputs or {}, files or {}, metadata, event_list
+    checked = check_request(
+        app_id, inputs or {}, files or {}, metadata, event_list, settings=ctx.settings
     )
-    problems += check_urls(clean_files, ctx.settings)
+    problems = checked.problems
+    problems += check_urls(checked.files, ctx.settings)
     if callback_url:
         try:
             check_callback_url(callback_url, ctx.settings)
@@ -207,12 +256,14 @@ def _checked_params(
             problems += exc.problems
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         problems.append("timeout must be a positive number of seconds")
+    if problems and len(problems) == len(checked.refused):
+        raise FileRefusedError(problems)
     if problems:
         raise InvalidRunError(problems)
     return {
         "app_id": app_id,
-        "inputs": clean_inputs,
-        "files": clean_files,
+        "inputs": checked.inputs,
+        "files": checked.files,
         "callback_url": callback_url or "",
         "metadata": dict(metadata or {}),
         "is_draft_app": bool(is_draft_app),

@@ -5,7 +5,9 @@ being created, a CLI interrupted) leaves a batch ``creating`` and some held
 runs. The batch is indexed (and its runs listed in ``P:batch:<id>:created``)
 from the start, so the batch sweep finds it: after :data:`CREATING_GRACE` it
 is ``abandoned`` and those runs CANCELED (so they no longer hold its batch
-key, and they expire like any ended run).
+key, and they expire like any ended run). The batch's record and lists then
+expire after ``HATZ_RUN_RETENTION``, like a finished batch's
+(:func:`expire_abandoned`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,25 @@ def cancel_runs(ctx: Context, run_ids: Iterable[str]) -> None:
         )
 
 
+def expire_abandoned(ctx: Context, batch_id: str) -> None:
+    """Give an abandoned batch's record and lists ``HATZ_RUN_RETENTION``; drop its creation list.
+
+    Whatever a creation still pushed after the abandonment (its row and pending
+    lists) goes with them.
+    """
+    keys, life = ctx.keys, ctx.settings.run_retention
+    pipe = ctx.redis.pipeline(transaction=True)
+    for key in (
+        keys.batch(batch_id),
+        keys.batch_rows(batch_id),
+        keys.batch_pending(batch_id),
+        keys.batch_inflight(batch_id),
+    ):
+        pipe.expire(key, life)
+    pipe.delete(keys.batch_created(batch_id))
+    pipe.execute()
+
+
 def abandon_if_stale(ctx: Context, batch_id: str) -> bool:
     """Abandon a batch whose creation started over :data:`CREATING_GRACE` s ago; say if it did.
 
@@ -47,7 +68,7 @@ def abandon_if_stale(ctx: Context, batch_id: str) -> bool:
         return False
     created = [text(r) for r in ctx.redis.lrange(ctx.keys.batch_created(batch_id), 0, -1)]
     cancel_runs(ctx, created)
-    ctx.redis.delete(ctx.keys.batch_created(batch_id))
+    expire_abandoned(ctx, batch_id)
     ctx.redis.zrem(ctx.keys.active_batches, batch_id)
     log.warning("batch %s: %s (%d run(s))", batch_id, ABANDONED, len(created))
     return True

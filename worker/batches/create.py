@@ -21,14 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batches.abandon import ABANDONED, CREATING_GRACE, cancel_runs
+from worker.batches.abandon import ABANDONED, CREATING_GRACE, cancel_runs, expire_abandoned
 from worker.batches.records import batch_cas, flat, text
 from worker.batches.request import BatchRequest
 from worker.batches.sources import BadRow, Row, read_source, validate_rows
 from worker.batches.tick import HELD_FOR, tick
 from worker.context import Context
-from worker.errors import HatzNotFoundError, InvalidBatchError, InvalidRunError
+from worker.errors import (
+    FileRefusedError,
+    HatzNotFoundError,
+    InvalidBatchError,
+    InvalidRunError,
+)
 from worker.runs.apps import fetch_app
+from worker.runs.file_roots import allowed_path
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
 from worker.webhooks.ssrf import check_callback_url
@@ -73,14 +79,13 @@ def create_batch(
     pipe.rpush(ctx.keys.batch_rows(batch_id), *run_ids)
     if pending:
         pipe.rpush(ctx.keys.batch_pending(batch_id), *pending)
-    if key_map:
-        pipe.expire(key_map, ctx.settings.run_retention)
     pipe.execute()
     # Last, and only from ``creating``: a batch the sweep abandoned meanwhile stays so.
     if not batch_cas(
         ctx, batch_id, {"state": ["creating"]}, {"state": "running", "reused": len(reuse)}
     ):
         cancel_runs(ctx, pending)
+        expire_abandoned(ctx, batch_id)  # what this creation pushed after the abandonment
         raise InvalidBatchError([f"batch {batch_id}: {ABANDONED} (took over {CREATING_GRACE:g} s)"])
     ctx.redis.delete(ctx.keys.batch_created(batch_id))
     log.info(
@@ -122,6 +127,11 @@ def _check_request(ctx: Context, request: BatchRequest) -> int:
 
 def _read_rows(ctx: Context, request: BatchRequest) -> _Rows:
     """Read the source and check every row against the app; raise when nothing may run."""
+    if request.source is not None:
+        try:
+            allowed_path(request.source, ctx.settings)  # its rows are sent to Hatz
+        except FileRefusedError as exc:
+            raise InvalidBatchError([f"source {exc.problems[0]}"]) from None
     rows, unparsable = read_source(
         request.source, inputs=request.inputs, file_input=request.file_input
     )
@@ -129,7 +139,7 @@ def _read_rows(ctx: Context, request: BatchRequest) -> _Rows:
         app = fetch_app(ctx, request.app_id)
     except HatzNotFoundError:
         raise InvalidBatchError([f"unknown app_id {request.app_id!r}"]) from None
-    good, bad = validate_rows(app, rows)
+    good, bad = validate_rows(app, rows, ctx.settings)
     bad = sorted(unparsable + bad, key=lambda b: b.number)
     if bad and request.on_bad_rows == "abort":
         raise InvalidBatchError([b.describe() for b in bad])
@@ -246,6 +256,9 @@ def _create_runs(
         )
         run_ids.append(run_id)
         pending.append(run_id)
-        if key_map:
-            ctx.redis.hset(key_map, row.content_hash(request.app_id), run_id)
+        if key_map:  # the map's expiry is set with each write, in one transaction
+            pipe = ctx.redis.pipeline(transaction=True)
+            pipe.hset(key_map, row.content_hash(request.app_id), run_id)
+            pipe.expire(key_map, ctx.settings.run_retention)
+            pipe.execute()
     return run_ids, pending

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from worker.errors import InvalidBatchError
 from worker.files.refs import RefKind, kind_of
+from worker.files.sources import check_urls
 from worker.hatz.types import App
 from worker.runs.inputs import validate_inputs
 from worker.runs.request import check_request
@@ -90,11 +92,35 @@ def read_source(
     raise InvalidBatchError([f"{path}: unknown source type (use .csv, .jsonl or a folder)"])
 
 
+def _unreadable(path: Path, exc: OSError) -> InvalidBatchError:
+    """A source the process may not read (permissions, I/O), as one clear problem."""
+    return InvalidBatchError([f"{path}: cannot read it: {exc.strerror or exc}"])
+
+
+def _not_utf8(path: Path) -> InvalidBatchError:
+    """A source that is not UTF-8 text: the first line that is not, and what to do."""
+    where = ""
+    with path.open("rb") as raw:  # decoding happens in chunks: find the line itself
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = f"line {number}: "
+                where += f"byte 0x{line[exc.start]:02x} at column {exc.start + 1}: "
+                break
+    return InvalidBatchError(
+        [f"{path}: {where}not UTF-8 text; save the file as UTF-8 (in a spreadsheet: CSV UTF-8)"]
+    )
+
+
 def _read_folder(path: Path, fixed: Mapping[str, Any], file_input: str | None) -> Rows:
     """One row per regular, non-hidden file, by name."""
     if not file_input:
         raise InvalidBatchError(["a folder source needs --file-input VAR (the file's input)"])
-    entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:
+        entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     rows = [
         Row(number, dict(fixed), {file_input: str(entry.resolve())})
         for number, entry in enumerate(entries, start=1)
@@ -107,17 +133,37 @@ def _read_csv(path: Path, fixed: Mapping[str, Any], file_input: str | None) -> R
     rows: list[Row] = []
     bad: list[BadRow] = []
     base_dir = path.resolve().parent
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise InvalidBatchError([f"{path}: no header row"])
-        for record in reader:
-            number = reader.line_num  # the spreadsheet row: the header is row 1
-            if None in record:
-                bad.append(BadRow(number, ["more cells than header columns"]))
-                continue
-            rows.append(_row_from_mapping(number, record, fixed, file_input, base_dir))
+    reader: csv.DictReader[str] | None = None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames:
+                raise InvalidBatchError([f"{path}: no header row"])
+            for record in reader:
+                number = reader.line_num  # the spreadsheet row: the header is row 1
+                if None in record:
+                    bad.append(BadRow(number, ["more cells than header columns"]))
+                    continue
+                rows.append(_row_from_mapping(number, record, fixed, file_input, base_dir))
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except csv.Error as exc:
+        raise InvalidBatchError([_csv_problem(path, reader, exc)]) from None
     return rows, bad
+
+
+def _csv_problem(path: Path, reader: csv.DictReader[str] | None, exc: csv.Error) -> str:
+    """A CSV the parser gave up on, in words: where, and why."""
+    line = reader.reader.line_num if reader else 0  # DictReader.line_num lags at an error
+    if "field larger than field limit" in str(exc):
+        limit = csv.field_size_limit()
+        return (
+            f"{path}: line {line}: a cell is longer than {limit} characters (the CSV "
+            "limit); pass large values as files (--file-input) instead"
+        )
+    return f"{path}: line {line}: not valid CSV: {exc}"
 
 
 def _read_json_lines(path: Path, fixed: Mapping[str, Any], file_input: str | None) -> Rows:
@@ -125,19 +171,24 @@ def _read_json_lines(path: Path, fixed: Mapping[str, Any], file_input: str | Non
     rows: list[Row] = []
     bad: list[BadRow] = []
     base_dir = path.resolve().parent
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                bad.append(BadRow(number, [f"not JSON: {exc}"]))
-                continue
-            if not isinstance(value, dict):
-                bad.append(BadRow(number, ["not a JSON object"]))
-                continue
-            rows.append(_row_from_mapping(number, value, fixed, file_input, base_dir))
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except ValueError as exc:
+                    bad.append(BadRow(number, [f"not JSON: {exc}"]))
+                    continue
+                if not isinstance(value, dict):
+                    bad.append(BadRow(number, ["not a JSON object"]))
+                    continue
+                rows.append(_row_from_mapping(number, value, fixed, file_input, base_dir))
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     return rows, bad
 
 
@@ -165,15 +216,17 @@ def _row_from_mapping(
     return Row(number, inputs, files)
 
 
-def validate_rows(app: App, rows: Iterable[Row]) -> Rows:
-    """Split rows into good ones and bad ones (local checks + the app's ``user_inputs``)."""
+def validate_rows(app: App, rows: Iterable[Row], settings: Settings) -> Rows:
+    """Split rows into good ones and bad ones (local checks, files against
+    ``HATZ_FILE_ROOTS``, and the app's ``user_inputs``)."""
     good: list[Row] = []
     bad: list[BadRow] = []
     for row in rows:
-        inputs, files, problems = check_request(app.id, row.inputs, row.files, None, None)
-        problems += validate_inputs(app, inputs, {**row.files, **files})
+        checked = check_request(app.id, row.inputs, row.files, None, None, settings=settings)
+        problems = checked.problems + check_urls(checked.files, settings)
+        problems += validate_inputs(app, checked.inputs, {**row.files, **checked.files})
         if problems:
             bad.append(BadRow(row.number, problems))
         else:
-            good.append(Row(row.number, inputs, files))
+            good.append(Row(row.number, checked.inputs, checked.files))
     return good, bad

@@ -316,6 +316,7 @@ class Demo:
             poll_interval=1,
             poll_max_interval=3,
             app_cache_ttl=5,
+            file_roots=[str(tmp)],  # the demo's sample file lives there
         )
         self.worker = CeleryProcess(
             settings_as_env_values(settings),

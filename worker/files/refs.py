@@ -56,8 +56,10 @@ def kind_of(ref: str | os.PathLike[str]) -> RefKind:
 def local_path(ref: str | os.PathLike[str]) -> Path:
     """The absolute path a local file input names (``~`` expanded).
 
-    The one place where a file input becomes a path on this machine: a check of
-    allowed roots belongs here.
+    The one place where a file input becomes a path on this machine. The paths
+    that reach it were checked against ``HATZ_FILE_ROOTS`` and resolved by
+    :mod:`worker.runs.file_roots` (at enqueue, and in the worker right before
+    the upload); this package knows nothing of run settings.
     """
     return Path(ref).expanduser().resolve()
 

@@ -22,6 +22,7 @@ from typing import Any
 from worker import task_names
 from worker.context import Context
 from worker.errors import (
+    FileRefusedError,
     FileSourceError,
     HatzAuthError,
     HatzConnectError,
@@ -34,11 +35,13 @@ from worker.errors import (
     HatzTransportError,
     HatzValidationError,
 )
+from worker.files.refs import RefKind, kind_of
 from worker.files.sources import upload_input
 from worker.hatz.types import App, SubmittedJob
 from worker.limits import breaker
 from worker.ops import log_context
 from worker.runs.apps import cached_app, fetch_app
+from worker.runs.file_roots import allowed_path
 from worker.runs.finish import error_text, finish
 from worker.runs.inputs import validate_inputs
 from worker.runs.poll_hints import poll_hint
@@ -247,11 +250,23 @@ def _upload_files(
     """Upload every file not uploaded yet, recording each ``file_uuid`` in ``inputs``
     (and the ledger); None when all are up, else the follow-ups of a run that stops."""
     run_id, token = run.run_id, run.token
+    # Every local path is checked again here, right before the upload, and all of them
+    # before the first upload: a refused one rejects the run with nothing uploaded.
+    sources: dict[str, str] = {}
     for name, path in sorted(files.items()):
+        if kind_of(path) is not RefKind.LOCAL:
+            sources[name] = path  # a URL: read through its store's own checks (worker.files)
+            continue
+        try:
+            sources[name] = str(allowed_path(path, ctx.settings))
+        except FileRefusedError as exc:
+            msg = f"file for input {name!r}: {exc}"
+            return finish(ctx, run_id, token, RunState.REJECTED, error=msg, run=run)
+    for name, source in sorted(sources.items()):
         if name in inputs:
             continue  # uploaded by an earlier attempt
         try:
-            uploaded = upload_input(ctx.client, path, ctx.settings, scope_id=run["app_id"])
+            uploaded = upload_input(ctx.client, source, ctx.settings, scope_id=run["app_id"])
         except FileSourceError as exc:
             if exc.transient:  # a store or server that may answer later
                 return _reschedule_submit(ctx, run, token, exc, inputs=inputs)

@@ -15,6 +15,10 @@ with that error; and it reports *stalled* runs, which no task has worked on for
 ``HATZ_STALL_AFTER`` seconds although the sweeper keeps re-arming them (no
 worker consumes their queue, or their tasks keep vanishing).
 
+Each sweep also trims the time-scored indexes (``P:runs``, ``P:batches``,
+``P:callbacks:failed``) of entries older than ``HATZ_RUN_RETENTION``
+(:mod:`worker.store.retention`), so Redis does not grow with runs nobody lists.
+
 A large backlog is handled in batches of ``HATZ_SWEEP_BATCH`` until nothing is
 overdue or the sweeper's lease is nearly spent; the next sweep continues.
 
@@ -37,6 +41,7 @@ from worker.runs.archive import ACTIVE_ARCHIVE_STATES
 from worker.runs.finish import finish
 from worker.store.ledger import POLLING_STATES, PRE_SUBMIT_STATES, TERMINAL_STATES, Run, RunState
 from worker.store.outbox import Next
+from worker.store.retention import trim_indexes
 from worker.webhooks.delivery import ACTIVE_CALLBACK_STATES, index_dead_letter
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,7 @@ class SweepReport:
     stalled: list[str] = field(default_factory=list)
     partial: bool = False
     steps: list[Next] = field(default_factory=list)
+    trimmed: dict[str, int] = field(default_factory=dict)
 
 
 def _rearm(
@@ -194,6 +200,9 @@ def sweep(ctx: Context, *, limit: int | None = None) -> SweepReport:
         if time.monotonic() > deadline:
             report.partial = True
             break
+    report.trimmed = trim_indexes(
+        ctx.redis, ctx.keys, now=ctx.clock(), retention=ctx.settings.run_retention
+    )
     if report.rearmed or report.ambiguous or report.settled:
         log.warning(
             "sweeper: re-armed %d run(s), marked %d ambiguous, settled %d%s",

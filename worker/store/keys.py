@@ -1,56 +1,80 @@
 """Every Redis key hatz-worker uses, built in this one module.
 
-Layout (``P`` is ``HATZ_KEY_PREFIX``, default ``hatz``):
+Layout (``P`` is ``HATZ_KEY_PREFIX``, default ``hatz``). Every key has a bounded
+life, the last column: ``RETENTION`` is ``HATZ_RUN_RETENTION``; "trimmed" means
+the sweeper drops entries scored before ``now - RETENTION`` on every sweep
+(:mod:`worker.store.retention`), whether or not anyone lists them.
 
-==============================  ======  ==================================================
-key                             type    what
-==============================  ======  ==================================================
-``P:run:<run_id>``              hash    the run record: the source of truth (see ledger)
-``P:runs``                      zset    every run id, scored by creation time
-``P:schedule``                  zset    non-terminal run ids, scored by ``next_at``: when
-                                        the run's next task is due (sweeper input)
-``P:parked``                    zset    runs whose next poll is further off than
-                                        ``HATZ_COUNTDOWN_HORIZON``, scored by when it is
-                                        due: published by the dispatcher, not yet a
-                                        Celery message (``worker.runs.dispatcher``)
-``P:idem:<key>``                string  idempotency key -> run id and parameter hash
-``P:app:<app_id>``              string  cached app definition (JSON, short TTL)
-``P:apps``                      string  cached list of every app (JSON, short TTL)
-``P:callbacks:failed``          zset    dead-lettered callbacks (run ids by time)
-``P:breaker``                   hash    org-wide credit-overage breaker
-``P:batch:<batch_id>``          hash    a batch record
-``P:batch:<batch_id>:rows``     list    run ids of a batch, in row order
-``P:batch:<batch_id>:pending``  list    run ids of a batch not yet released (held)
-``P:batch:<batch_id>:inflight`` set     run ids released and not yet seen terminal
-``P:batches``                   zset    every batch id, scored by creation time
-``P:batches:active``            zset    batches not yet finished (batch sweep input)
-``P:batchkey:<key>``            hash    ``--batch-key`` resume map: row hash -> run id
-``P:api-budget``                hash    shared token bucket for Hatz API calls
-``P:sched:<name>``              hash    a schedule's state: last batch, fire counts
-``P:sched-fire:<name>:<slot>``  string  SET NX guard: one firing per schedule slot
-``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
-``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
-``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.ops.metrics``)
-``P:client:<name>``             hash    an HTTP API client: ``admin``, ``token_hash`` (SHA-256),
-                                        ``created_at``; lives until ``tokens revoke``
-``P:clients``                   zset    every HTTP API client name, by creation time
-                                        (removed by ``tokens revoke``)
-``P:token:<sha256>``            string  a client token's hash -> ``{"name", "admin"}``;
-                                        deleted with its client by ``tokens revoke``
-``P:ratelimit:<sha256>``        hash    a client token's request bucket (1 h TTL)
-``P:client-runs:<name>``        zset    run ids a client created, by creation time;
-                                        trimmed past ``HATZ_RUN_RETENTION`` on every page
-                                        read and about one add in 32
-``P:console-session:<sha256>``  hash    a web console session: the admin client, its
-                                        token's hash, the CSRF token (12 h TTL)
-``P:console:samples``           list    the console's chart samples: the shared counters
-                                        once a minute (newest first, trimmed to 24 h)
-``P:durations:<app_id>``        list    an app's recent run durations, newest first, trimmed
-                                        to 64 and expiring ``HATZ_RUN_RETENTION`` after the
-                                        last write (``worker.store.durations``)
-==============================  ======  ==================================================
+==============================  ======  ==================================  ====================
+key                             type    what                                life
+==============================  ======  ==================================  ====================
+``P:run:<run_id>``              hash    the run record: the source of       RETENTION after the
+                                        truth (see ledger)                  run ends
+``P:runs``                      zset    every run id, by creation time      trimmed
+``P:schedule``                  zset    non-terminal run ids, scored by     an entry leaves when
+                                        ``next_at``: when the run's next    its run ends (or its
+                                        task is due (sweeper input)         record is gone)
+``P:parked``                    zset    runs whose next poll is further     as ``P:schedule``
+                                        off than ``HATZ_COUNTDOWN_HORIZON``
+                                        (``worker.runs.dispatcher``)
+``P:idem:<key>``                string  idempotency key -> run id and       ``HATZ_IDEMPOTENCY_TTL``
+                                        parameter hash
+``P:app:<app_id>``              string  cached app definition (JSON)        ``HATZ_APP_CACHE_TTL``
+``P:apps``                      string  cached list of every app (JSON)     ``HATZ_APP_CACHE_TTL``
+``P:callbacks:failed``          zset    dead-lettered callbacks (run ids    trimmed (by when
+                                        by time)                            dead-lettered)
+``P:breaker``                   hash    org-wide credit-overage breaker     one key, fixed fields
+``P:batch:<batch_id>``          hash    a batch record                      RETENTION after it
+                                                                            finishes or is
+                                                                            abandoned
+``P:batch:<batch_id>:rows``     list    run ids of a batch, in row order    as its record
+``P:batch:<batch_id>:pending``  list    run ids not yet released (held)     emptied by releases;
+                                                                            as its record if
+                                                                            abandoned
+``P:batch:<batch_id>:inflight`` set     run ids released, not yet terminal  emptied as runs end;
+                                                                            as its record if
+                                                                            abandoned
+``P:batch:<batch_id>:created``  list    runs made by a creation in          deleted when the
+                                        progress                            creation ends or is
+                                                                            abandoned
+``P:batches``                   zset    every batch id, by creation time    trimmed
+``P:batches:active``            zset    batches not yet finished            an entry leaves when
+                                                                            its batch ends
+``P:batchkey:<key>``            hash    ``--batch-key`` resume map: row     RETENTION after its
+                                        hash -> run id                      last write (set with
+                                                                            each write)
+``P:api-budget``                hash    shared token bucket for Hatz calls  1 h after last use
+``P:sched:<name>``              hash    a schedule's state: last batch,     one per schedule
+                                        fire counts                         name configured
+``P:sched-fire:<name>:<slot>``  string  SET NX guard: one firing per slot   the slot's length
+``P:lease:<name>``              string  a short lease (e.g. the sweeper)    the lease
+``P:heartbeat:<name>``          string  liveness heartbeat of a process     a few heartbeats
+``P:metrics``                   hash    cluster-wide Prometheus counters    one key, fixed fields
+``P:client:<name>``             hash    an HTTP API client: ``admin``,      until ``tokens
+                                        ``token_hash`` (SHA-256),           revoke``
+                                        ``created_at``
+``P:clients``                   zset    every HTTP API client name, by      an entry leaves with
+                                        creation time                       ``tokens revoke``
+``P:token:<sha256>``            string  a client token's hash ->            until ``tokens
+                                        ``{"name", "admin"}``               revoke``
+``P:ratelimit:<sha256>``        hash    a client token's request bucket     1 h after last use
+``P:client-runs:<name>``        zset    run ids a client created, by        trimmed past
+                                        creation time                       RETENTION on every
+                                                                            page read and about
+                                                                            one add in 32
+``P:console-session:<sha256>``  hash    a web console session: the admin    12 h
+                                        client, its token's hash, the CSRF
+                                        token
+``P:console:samples``           list    the console's chart samples,        trimmed to 24 h of
+                                        newest first                        samples
+``P:durations:<app_id>``        list    an app's recent run durations,      RETENTION after the
+                                        newest first, trimmed to 64         last write
+                                        (``worker.store.durations``)
+==============================  ======  ==================================  ====================
 
-Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
+Celery's own keys (broker queues, ``unacked``, results) use Celery's names;
+results expire after a day (``result_expires``), the rest empty as tasks are
+acknowledged.
 """
 
 from __future__ import annotations
@@ -139,6 +163,12 @@ class Keys:
     def batch_key(self, key: str) -> str:
         """A ``--batch-key``'s resume map (row hash -> run id)."""
         return f"{self.prefix}:batchkey:{key}"
+
+    @property
+    def time_indexes(self) -> tuple[str, ...]:
+        """The sorted sets scored by a time that the sweeper trims after ``HATZ_RUN_RETENTION``
+        (:mod:`worker.store.retention`). A new index scored by a time belongs here."""
+        return (self.runs, self.batches, self.failed_callbacks)
 
     @property
     def api_budget(self) -> str:

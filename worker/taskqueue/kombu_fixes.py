@@ -32,7 +32,13 @@ a new pool (after a reconnect) gets a new client. The client is thread-safe
 and holds no connection itself, so nothing else changes.
 
 Applied once, in the worker's main process at start (:mod:`worker.taskqueue.app`'s
-``worker_init`` handler), only to kombu 5.x where the method it wraps exists.
+``worker_init`` handler), only to the kombu versions they were tested on
+(:data:`TESTED_FROM` up to, not including, :data:`TESTED_BELOW`: the suite runs
+the lock's kombu, and ``nox -s integration`` the oldest and newest in
+``pyproject.toml``'s range) and only where the methods they wrap exist. On any
+other kombu they are skipped with a warning in the worker's log saying so: a
+patch to another version's internals could do more harm than the bug it fixes.
+Widen the range after running the nox sessions on the new version.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ log = logging.getLogger(__name__)
 
 _APPLIED_MARK = "_hatz_detached_restore_guard"
 
+#: The oldest kombu the patches were tested on (pyproject.toml's floor).
+TESTED_FROM = (5, 5, 2)
+#: The first kombu they were not tested on.
+TESTED_BELOW = (5, 8)
+
 
 def kombu_version() -> tuple[int, ...]:
     """kombu's version as a tuple of ints (``(5, 7, 0)``)."""
@@ -55,6 +66,15 @@ def kombu_version() -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
+
+
+def tested() -> bool:
+    """True when this kombu lies in the range the patches were tested on."""
+    return TESTED_FROM <= kombu_version() < TESTED_BELOW
+
+
+def _range() -> str:
+    return f"{'.'.join(map(str, TESTED_FROM))} up to {'.'.join(map(str, TESTED_BELOW))}"
 
 
 def affected() -> bool:
@@ -83,7 +103,7 @@ def apply_client_reuse() -> bool:
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return False
     original = getattr(kombu_redis.Channel, "_create_client", None)
-    if kombu_version()[0] != 5 or original is None:
+    if not tested() or original is None:
         return False
     if getattr(original, _REUSE_MARK, False):
         return True
@@ -105,9 +125,28 @@ def apply_client_reuse() -> bool:
 
 
 def apply() -> bool:
-    """Install both patches (idempotent); True when the restore guard is in place."""
-    apply_client_reuse()
+    """Install both patches (idempotent); True when the restore guard is in place.
+
+    Outside the tested range, or where kombu lacks what a patch wraps, nothing is
+    patched and a warning says which patch was skipped and why.
+    """
+    version = ".".join(map(str, kombu_version()))
+    if not tested():
+        log.warning(
+            "kombu %s is outside the versions hatz-worker's Redis transport patches were "
+            "tested on (%s): not applied; a Redis restart may stop this worker "
+            "(worker.taskqueue.kombu_fixes)",
+            version,
+            _range(),
+        )
+        return False
+    if not apply_client_reuse():
+        log.warning("kombu %s has no Channel._create_client: client reuse not applied", version)
     if not affected():
+        log.warning(
+            "kombu %s has no Redis QoS.restore_unacked: the detached-restore guard not applied",
+            version,
+        )
         return False
     from kombu.transport import redis as kombu_redis
 

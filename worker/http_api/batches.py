@@ -292,7 +292,7 @@ async def create_batch_endpoint(
     With ``on_bad_rows: abort`` (the default) a bad row answers ``422`` listing
     every problem by row number, and nothing runs.
     """
-    directory = Path(tempfile.mkdtemp(prefix="hatz-batch-"))
+    directory = Path(tempfile.mkdtemp(prefix="batch-", dir=services.upload_dir))
     try:
         options, source = await _received(request, services, directory)
         batch_id = await run_in_threadpool(_start, services, client, options, source)

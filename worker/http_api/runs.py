@@ -216,7 +216,8 @@ async def _received(
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hatz-upload-"))
+        folder = tempfile.TemporaryDirectory(prefix="upload-", dir=services.upload_dir)
+        directory = cleanup.enter_context(folder)
         cap = services.context.settings.upload_max_bytes
         raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
         body = _parse_request(raw)

@@ -6,7 +6,12 @@ and kept in ``app.state``; handlers take it with ``Depends(get_services)``.
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from celery import Celery
@@ -24,12 +29,25 @@ class Services:
     celery: Celery | None
     clients: ClientStore
     rate_limit: ClientRateLimit
+    #: Where this process writes the files it receives (each request in its own folder).
+    upload_dir: Path
 
     @classmethod
     def build(cls, context: Context, celery: Celery | None = None) -> Services:
-        """Services over one context; ``celery`` None publishes through the default app."""
-        settings = context.settings
+        """Services over one context; ``celery`` None publishes through the default app.
+
+        The process's upload folder is one of its allowed file roots
+        (``HATZ_FILE_ROOTS``): the files it receives are checked like any local
+        file before they are uploaded, and they never reach a worker as paths.
+        """
+        upload_dir = Path(tempfile.mkdtemp(prefix="hatz-serve-"))
+        atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
+        settings = context.settings.model_copy(
+            update={"file_roots": [*context.settings.file_roots, str(upload_dir)]}
+        )
+        context = dataclasses.replace(context, settings=settings)
         return cls(
+            upload_dir=upload_dir,
             context=context,
             celery=celery,
             clients=ClientStore(context.redis, context.keys, clock=context.clock),

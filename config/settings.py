@@ -238,6 +238,13 @@ class Settings(BaseSettings):
     # --- Worker ---------------------------------------------------------------
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    consume_celery_queue: bool = Field(
+        default=True,
+        description=(
+            "Workers also consume Celery's default queue 'celery', where a send_task "
+            "without queue= lands (a Redis database shared with another Celery app: set false)."
+        ),
+    )
     heartbeat_interval: float = Field(
         default=10.0, gt=0, description="Worker/beat heartbeat period (health probes), s."
     )

@@ -41,6 +41,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from worker.ops import queues
 from worker.store.keys import Keys
 from worker.store.ledger import ACTIVE_STATES, RunState
 
@@ -281,6 +282,7 @@ class HatzCollector(Collector):
         yield dead
         yield self._breaker(now)
         yield self._heartbeats()
+        yield self._unconsumed()
 
     def _scheduled_states(self) -> Iterator[list[RunState | None]]:
         """States of the runs on the schedule, in batches (one pipelined HGET per run)."""
@@ -323,6 +325,16 @@ class HatzCollector(Collector):
             except (ValueError, KeyError, TypeError):
                 continue
             family.add_metric([_s(key).removeprefix(prefix)], max(0.0, now - at))
+        return family
+
+    def _unconsumed(self) -> Metric:
+        family = GaugeMetricFamily(
+            "hatz_queue_unconsumed_messages",
+            "Messages waiting in a queue that no live worker consumes (they wait forever)",
+            labels=["queue"],
+        )
+        for waiting in queues.unconsumed(self.redis, self.keys):
+            family.add_metric([waiting.name], waiting.messages)
         return family
 
 

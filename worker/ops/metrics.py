@@ -276,9 +276,15 @@ class HatzCollector(Collector):
         parked.add_metric([], self.redis.zcard(self.keys.parked))
         yield parked
         dead = GaugeMetricFamily(
-            "hatz_callbacks_dead_lettered", "Callbacks given up on (P:callbacks:failed)"
+            "hatz_callbacks_dead_lettered",
+            "Callbacks given up on, runs' and batches' (P:callbacks:failed, "
+            "P:batch-callbacks:failed)",
         )
-        dead.add_metric([], self.redis.zcard(self.keys.failed_callbacks))
+        dead.add_metric(
+            [],
+            self.redis.zcard(self.keys.failed_callbacks)
+            + self.redis.zcard(self.keys.failed_batch_callbacks),
+        )
         yield dead
         yield self._breaker(now)
         yield self._heartbeats()

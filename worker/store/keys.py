@@ -30,6 +30,9 @@ key                             type    what
 ``P:lease:<name>``              string  a short lease (e.g. the sweeper) held by one owner
 ``P:heartbeat:<name>``          string  liveness heartbeat of a worker or beat process
 ``P:metrics``                   hash    cluster-wide Prometheus counters (``worker.ops.metrics``)
+``P:batch-callbacks``           zset    finished batches whose callback is still due, scored by
+                                        when its next delivery is due (sweeper input)
+``P:batch-callbacks:failed``    zset    dead-lettered batch callbacks (batch ids by time)
 ==============================  ======  ==================================================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names.
@@ -146,3 +149,13 @@ class Keys:
     def metrics(self) -> str:
         """Counters shared by every worker process, exported by ``worker.ops.metrics``."""
         return f"{self.prefix}:metrics"
+
+    @property
+    def batch_callbacks(self) -> str:
+        """Finished batches whose callback is still due, by when its next delivery is due."""
+        return f"{self.prefix}:batch-callbacks"
+
+    @property
+    def failed_batch_callbacks(self) -> str:
+        """Dead-lettered batch callbacks."""
+        return f"{self.prefix}:batch-callbacks:failed"

@@ -257,3 +257,20 @@ def test_an_unsupported_proxy_url_is_one_line_naming_the_variable(
     assert "is not supported" in done.stderr
     assert "Traceback" not in done.stderr
     assert "pw" not in done.stderr
+
+
+def test_log_redaction_masks_a_signature_in_urllib3_error_texts() -> None:
+    from worker.ops.redaction import Redactor
+
+    text = (
+        "MaxRetryError: HTTPSConnectionPool(host='bucket.example', port=443): Max retries "
+        "exceeded with url: /doc.pdf?X-Amz-Credential=AK&X-Amz-Signature=abcdef0123 "
+        "(Caused by ...); again: doc.pdf?Signature=zz99&Expires=1"
+    )
+
+    redacted = Redactor()(text)
+
+    assert "abcdef0123" not in redacted
+    assert "zz99" not in redacted
+    assert "AK&" not in redacted
+    assert "url: /doc.pdf?[REDACTED]" in redacted

@@ -22,6 +22,7 @@ import requests
 
 from tests.stack import Stack, running_stack
 from worker.local.stack import free_port, wait_until
+from worker.ops import health
 from worker.ops.doctor import Level, check_queues
 from worker.ops.metrics import start_metrics_server
 from worker.store.ledger import RunState
@@ -112,3 +113,20 @@ def test_messages_in_a_queue_no_worker_consumes_are_reported(stack: Stack) -> No
     assert 'queue="celery"' not in scraped
     assert 'queue="hatz.submit"' not in scraped
     ctx.redis.delete(stray)
+
+
+def test_a_worker_heartbeat_names_the_queues_it_consumes(stack: Stack) -> None:
+    ctx = stack.context
+
+    def named() -> bool:
+        beats = [b for b in health.all_heartbeats(ctx.redis, ctx.keys) if b.queues]
+        return bool(beats)
+
+    wait_until(named, timeout=30, message="a heartbeat naming its queues")
+    (beat,) = [
+        b for b in health.all_heartbeats(ctx.redis, ctx.keys) if b.name.startswith("worker:")
+    ]
+    assert beat.queues is not None
+    assert {"celery", "hatz.submit", "hatz.poll", "hatz.callback", "hatz.default"} <= set(
+        beat.queues
+    )

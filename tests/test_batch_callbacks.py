@@ -145,7 +145,9 @@ def test_a_delivery_lost_after_the_batch_finished_is_re_armed_by_the_sweep(
     # When the sweep runs once the pick-up grace is over
     clock.now += 300
     rearmed = sweep_batches(ctx)
+    assert [s.task for s in rearmed] == [task_names.DELIVER_BATCH_CALLBACK]
     deliver_all(ctx, rearmed)
+    assert len(receiver.requests) == 1
     # ...and the lost task surfaces after all
     deliver_all(ctx, lost)
 

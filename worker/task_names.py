@@ -26,8 +26,6 @@ ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_SUBMIT, QUEUE_POLL, QUEUE_CALLBACK)
 #: another app lands when it names no queue. Workers consume it too (unless
 #: ``HATZ_CONSUME_CELERY_QUEUE=false``), so the public entry points work without ``queue=``.
 QUEUE_CELERY = "celery"
-#: The tasks other applications call by name.
-PUBLIC_TASKS = (RUN_WORKFLOW, RUN_BATCH)
 
 #: Which queue each task runs on: polls never wait behind uploads or slow receivers.
 ROUTES = {

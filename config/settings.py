@@ -7,6 +7,8 @@ Every knob is an environment variable with the ``HATZ_`` prefix (or a line in
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -21,6 +23,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "HATZ_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
+#: The Standard Webhooks key length range, in bytes.
+MIN_WEBHOOK_KEY_BYTES = 24
+MAX_WEBHOOK_KEY_BYTES = 64
 
 #: Svix-like schedule: roughly immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_CALLBACK_RETRY_DELAYS = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -35,6 +41,28 @@ def _parse_float_list(value: Any) -> Any:
         parts = [p.strip() for p in value.split(",") if p.strip()]
         return [float(p) for p in parts]
     return value
+
+
+def _secret_problem(secret: str) -> str:
+    """What is wrong with one ``whsec_`` secret ('' when nothing), never quoting it.
+
+    Decoded strictly (the standard base64 alphabet; missing padding is allowed,
+    as the Standard Webhooks libraries add it), and the key must be 24 to 64
+    bytes: an empty or short key would let anyone forge signatures.
+    """
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return f"must start with '{WEBHOOK_SECRET_PREFIX}'"
+    body = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except binascii.Error:
+        return f"is not valid base64 after '{WEBHOOK_SECRET_PREFIX}'"
+    if not MIN_WEBHOOK_KEY_BYTES <= len(key) <= MAX_WEBHOOK_KEY_BYTES:
+        return (
+            f"decodes to a {len(key)}-byte key; it must be {MIN_WEBHOOK_KEY_BYTES} to "
+            f"{MAX_WEBHOOK_KEY_BYTES} bytes (e.g. whsec_ + base64 of 32 random bytes)"
+        )
+    return ""
 
 
 def _parse_str_list(value: Any) -> Any:
@@ -264,6 +292,13 @@ class Settings(BaseSettings):
     # --- Worker ---------------------------------------------------------------
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    consume_celery_queue: bool = Field(
+        default=True,
+        description=(
+            "Workers also consume Celery's default queue 'celery', where a send_task "
+            "without queue= lands (a Redis database shared with another Celery app: set false)."
+        ),
+    )
     heartbeat_interval: float = Field(
         default=10.0, gt=0, description="Worker/beat heartbeat period (health probes), s."
     )
@@ -327,9 +362,12 @@ class Settings(BaseSettings):
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        for part in value.get_secret_value().split(","):
-            if not part.strip().startswith("whsec_"):
-                raise ValueError("each secret must start with 'whsec_'")
+        parts = value.get_secret_value().split(",")
+        for number, part in enumerate(parts, start=1):
+            problem = _secret_problem(part.strip())
+            if problem:
+                which = f"secret {number} of {len(parts)}" if len(parts) > 1 else "the secret"
+                raise ValueError(f"{which} {problem}")
         return value
 
     @field_validator("archive_url")

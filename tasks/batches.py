@@ -42,8 +42,10 @@ def deliver_batch_callback(batch_id: str, token: int) -> None:
 
 
 @app.task(name=task_names.FIRE_SCHEDULE)  # type: ignore[untyped-decorator]
-def fire_schedule(name: str, reason: str = "beat") -> str:
-    """Fire one schedule (sent by celery beat); returns the outcome."""
-    result = fire(get_context(), name, reason=reason)
+def fire_schedule(
+    name: str, reason: str = "beat", slot: str = "", firing: str = "", attempt: int = 0
+) -> str:
+    """Fire one schedule (sent by celery beat, or a retry of a failed firing); the outcome."""
+    result = fire(get_context(), name, reason=reason, slot=slot, firing=firing, attempt=attempt)
     publish(result.steps, app)
     return result.outcome

@@ -12,6 +12,11 @@ from config import ConfigError, Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Valid secrets (24-byte keys): settings refuse shorter keys.
+NEW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+
+
 def test_defaults_match_the_documented_ones() -> None:
     s = Settings(_env_file=None)
 
@@ -65,17 +70,27 @@ def test_a_wrong_value_fails_fast_naming_the_variable(
 
 
 def test_secrets_are_hidden_in_reprs() -> None:
-    s = load_settings(_env_file=None, api_key="k-secret-1", webhook_secret="whsec_c2VjcmV0")
+    s = load_settings(
+        _env_file=None,
+        api_key="k-secret-1",
+        webhook_secret=NEW_SECRET,
+    )
 
     assert "k-secret-1" not in repr(s)
-    assert "whsec_c2VjcmV0" not in repr(s)
-    assert s.webhook_secrets() == ["whsec_c2VjcmV0"]
+    assert NEW_SECRET not in repr(s)
+    assert s.webhook_secrets() == [NEW_SECRET]
 
 
 def test_several_webhook_secrets_for_rotation() -> None:
-    s = load_settings(_env_file=None, webhook_secret="whsec_bmV3, whsec_b2xk")
+    s = load_settings(
+        _env_file=None,
+        webhook_secret=f"{NEW_SECRET}, {OLD_SECRET}",
+    )
 
-    assert s.webhook_secrets() == ["whsec_bmV3", "whsec_b2xk"]
+    assert s.webhook_secrets() == [
+        NEW_SECRET,
+        OLD_SECRET,
+    ]
 
 
 def test_settings_reference_documents_every_setting() -> None:

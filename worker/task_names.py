@@ -23,6 +23,10 @@ QUEUE_SUBMIT = "hatz.submit"
 QUEUE_POLL = "hatz.poll"
 QUEUE_CALLBACK = "hatz.callback"
 ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_SUBMIT, QUEUE_POLL, QUEUE_CALLBACK)
+#: Celery's own default queue: where a plain ``send_task(name, kwargs=...)`` from
+#: another app lands when it names no queue. Workers consume it too (unless
+#: ``HATZ_CONSUME_CELERY_QUEUE=false``), so the public entry points work without ``queue=``.
+QUEUE_CELERY = "celery"
 
 #: Which queue each task runs on: polls never wait behind uploads or slow receivers.
 ROUTES = {

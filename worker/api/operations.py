@@ -25,9 +25,8 @@ from worker.errors import BatchNotFoundError, CallbackReplayError, RunNotFoundEr
 from worker.limits.breaker import breaker_state
 from worker.ops import health
 from worker.ops.metrics import state_counter_field
-from worker.ops.redaction import safe_url
 from worker.store.ledger import ACTIVE_STATES, RunState
-from worker.webhooks.batch_delivery import replay_batch_callback
+from worker.webhooks.batch_delivery import failed_batch_callbacks, replay_batch_callback
 from worker.webhooks.delivery import failed_callbacks, replay_callback
 
 DeadLetterKind = Literal["run", "batch"]
@@ -48,9 +47,6 @@ end
 return out
 """
 _COUNT_CHUNK = 2000
-
-#: Recent batches looked at for failed batch callbacks (batches have no dead-letter index).
-BATCHES_SCANNED = 200
 
 
 @dataclass(frozen=True)
@@ -89,21 +85,22 @@ def dead_letters(*, context: Context | None = None, limit: int = 1000) -> list[D
                 last_attempt=attempts[-1] if attempts else None,
             )
         )
-    for record in list_batches(ctx, limit=BATCHES_SCANNED):
-        if record.get("callback_state") != "failed":
+    for letter in failed_batch_callbacks(ctx, limit=limit):
+        try:
+            record = get_record(ctx, letter.batch_id)
+        except BatchNotFoundError:  # expired since it was listed
             continue
         attempts = list(record.get("callback_attempts") or [])
-        last = attempts[-1] if attempts else None
         found.append(
             DeadLetter(
                 kind="batch",
-                id=str(record["batch_id"]),
-                failed_at=float((last or {}).get("at") or record.get("updated_at") or 0),
-                url=safe_url(str(record.get("callback_url") or "")),
+                id=letter.batch_id,
+                failed_at=letter.failed_at,
+                url=letter.url,
                 event="batch.completed",
-                error=str((last or {}).get("error") or (last or {}).get("status") or ""),
-                attempts=len(attempts),
-                last_attempt=last,
+                error=letter.error,
+                attempts=letter.attempts,
+                last_attempt=attempts[-1] if attempts else None,
             )
         )
     return sorted(found, key=lambda d: d.failed_at)

@@ -16,22 +16,34 @@ from worker.store.ledger import RunState
 
 BatchState = Literal["creating", "running", "finished", "abandoned"]
 
-# KEYS: batch hash. ARGV: n conditions, then n (field, ",allowed,values,") pairs,
-# then field, value pairs to set. Returns 1 when every condition held (and the set
-# happened), else 0.
+# KEYS: batch hash, then a schedule zset (used by 'add' and 'rem'). ARGV: n conditions,
+# the schedule change ('' none, 'add', 'rem'), its score, its member, then n (field,
+# ",allowed,values,") pairs, then field, value pairs to set. Returns 1 when every
+# condition held (and the set and the schedule change happened), else 0.
 _BATCH_CAS = """
 local n = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 0, n - 1 do
-  local value = redis.call('HGET', KEYS[1], ARGV[2 + 2 * i]) or ''
-  if not string.find(ARGV[3 + 2 * i], ',' .. value .. ',', 1, true) then return 0 end
+  local value = redis.call('HGET', KEYS[1], ARGV[5 + 2 * i]) or ''
+  if not string.find(ARGV[6 + 2 * i], ',' .. value .. ',', 1, true) then return 0 end
 end
-if #ARGV > 1 + 2 * n then redis.call('HSET', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
+if #ARGV > 4 + 2 * n then redis.call('HSET', KEYS[1], unpack(ARGV, 5 + 2 * n)) end
+if ARGV[2] == 'add' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
+if ARGV[2] == 'rem' then redis.call('ZREM', KEYS[2], ARGV[4]) end
 return 1
 """
 
 _INT_FIELDS = frozenset(
-    {"total", "max_in_flight", "skipped", "reused", "callback_token", "rows_in_source"}
+    {
+        "total",
+        "max_in_flight",
+        "skipped",
+        "reused",
+        "callback_token",
+        "callback_tries",
+        "callback_rearms",
+        "rows_in_source",
+    }
 )
 _FLOAT_FIELDS = frozenset({"created_at", "finished_at", "updated_at"})
 _JSON_FIELDS = frozenset({"bad_rows", "counts", "callback_attempts", "inputs"})
@@ -72,16 +84,28 @@ def text(value: Any) -> str:
 
 
 def batch_cas(
-    ctx: Context, batch_id: str, conditions: Mapping[str, Iterable[str]], fields: Mapping[str, Any]
+    ctx: Context,
+    batch_id: str,
+    conditions: Mapping[str, Iterable[str]],
+    fields: Mapping[str, Any],
+    *,
+    schedule: str | None = None,
+    due_at: float | None = None,
 ) -> bool:
     """Set ``fields`` (and ``updated_at``) if every field in ``conditions`` holds one of
-    its allowed values, atomically; say whether it did."""
+    its allowed values, atomically; say whether it did.
+
+    With ``schedule`` (a sorted set's key), the same step also puts the batch on it
+    scored ``due_at``, or takes it off when ``due_at`` is None.
+    """
     script = ctx.redis.register_script(_BATCH_CAS)
-    args: list[str] = [str(len(conditions))]
+    op = "" if schedule is None else ("rem" if due_at is None else "add")
+    args: list[str] = [str(len(conditions)), op, repr(due_at or 0.0), batch_id]
     for name, allowed in conditions.items():
         args += [name, "," + ",".join(allowed) + ","]
     args += flat({**fields, "updated_at": ctx.clock()})
-    return bool(int(script(keys=[ctx.keys.batch(batch_id)], args=args)))
+    keys = [ctx.keys.batch(batch_id), schedule or ctx.keys.batch(batch_id)]
+    return bool(int(script(keys=keys, args=args)))
 
 
 def get_record(ctx: Context, batch_id: str) -> dict[str, Any]:

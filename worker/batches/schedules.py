@@ -24,6 +24,13 @@ a restarted or duplicated beat never fires the same slot twice; and the
 **overlap** policy: while the schedule's previous batch still runs, a firing
 is skipped (``skip``) or remembered and started when that batch finishes
 (``queue``, at most one waiting).
+
+A firing that fails (a Hatz 5xx or timeout, a Redis blip, a source that cannot
+be read yet) records the error on the schedule (``last_error``, shown by
+``hatz-worker schedules list``) and is retried with backoff
+(:data:`FIRE_RETRY_DELAYS`) while its slot lasts. The fire key holds the
+firing's id while it works and ``done:<batch>`` after, so a retry of a slot
+that since succeeded does nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +57,14 @@ from worker.store.outbox import Next
 log = logging.getLogger(__name__)
 
 Outcome = Literal["fired", "duplicate", "skipped_overlap", "queued", "error"]
+#: Waits before each retry of a failed firing, s; the last repeats until the slot ends.
+FIRE_RETRY_DELAYS = (10.0, 30.0, 60.0, 120.0, 300.0)
+#: A retry is only sent when it would run at least this long before its slot ends, s.
+FIRE_RETRY_MARGIN = 5.0
+#: A firing still marked under way after this long was lost with its worker, s.
+LOST_FIRING_AFTER = 600.0
+#: How long a firing queued behind the previous batch holds its own slot, ms.
+SLOT_FOR_QUEUED_MS = 3_600_000
 _KNOWN = {
     "name",
     "cron",
@@ -293,6 +309,15 @@ class FireResult:
     steps: list[Next] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A firing's hold on its slot: the fire key's value is ``firing`` while it works."""
+
+    slot: str
+    firing: str
+    attempt: int
+
+
 def _record(ctx: Context, name: str, result: FireResult) -> FireResult:
     key = ctx.keys.schedule_state(name)
     pipe = ctx.redis.pipeline(transaction=True)
@@ -301,7 +326,7 @@ def _record(ctx: Context, name: str, result: FireResult) -> FireResult:
     if result.outcome == "fired":
         pipe.hset(key, mapping={"last_batch": result.batch_id, "last_fired_at": repr(ctx.clock())})
     if result.error:
-        pipe.hset(key, "last_error", result.error[:500])
+        pipe.hset(key, mapping={"last_error": result.error[:500], "last_error_at": ctx.clock()})
     pipe.execute()
     log.log(
         logging.WARNING if result.outcome == "error" else logging.INFO,
@@ -323,38 +348,145 @@ def _previous_running(ctx: Context, name: str) -> str:
 
 
 def fire(
-    ctx: Context, name: str, *, reason: str = "beat", now: datetime | None = None
+    ctx: Context,
+    name: str,
+    *,
+    reason: str = "beat",
+    now: datetime | None = None,
+    slot: str = "",
+    firing: str = "",
+    attempt: int = 0,
 ) -> FireResult:
     """Fire schedule ``name`` once: guard the slot, apply the overlap policy, start its batch.
 
     ``reason``: ``beat`` (guarded by the fire key), ``queued`` (a firing that
-    waited for the previous batch) or ``manual`` (``schedules run-now``: no
-    fire key, the overlap policy still applies).
+    waited for the previous batch), ``retry`` (a firing that failed, tried again
+    within its slot: ``slot``, ``firing`` and ``attempt`` say which) or
+    ``manual`` (``schedules run-now``: no fire key, the overlap policy still applies).
+
+    Any error while starting the batch (a Hatz 5xx or timeout, a Redis blip, a
+    source that cannot be read) is recorded on the schedule and, for a beat,
+    queued or retried firing, tried again with backoff until its slot ends.
     """
     schedule = find_schedule(ctx.settings, name)
     moment = now or datetime.fromtimestamp(ctx.clock(), UTC)
+    claim = _claim(ctx, name, schedule, reason, moment, slot, firing, attempt)
+    if claim is None and reason in ("beat", "retry"):
+        return _record(ctx, name, FireResult("duplicate"))
+    if claim is not None:
+        _mark_firing(ctx, name, claim)
+    try:
+        result = _start(ctx, name, schedule, reason, moment)
+    except Exception as exc:  # any error: a firing is never lost silently (see docstring)
+        return _failed(ctx, name, claim, exc)
+    finally:
+        if claim is not None:
+            ctx.redis.hdel(ctx.keys.schedule_state(name), "firing")
+    if claim is not None:
+        _settle(ctx, name, claim, result.batch_id or result.outcome)
+    return _record(ctx, name, result)
+
+
+def _claim(
+    ctx: Context,
+    name: str,
+    schedule: Schedule,
+    reason: str,
+    moment: datetime,
+    slot: str,
+    firing: str,
+    attempt: int,
+) -> _Claim | None:
+    """Take the firing's slot (a beat or a queued firing) or check it is still ours (a retry).
+
+    None: a beat's slot is taken (a duplicate), a retry's slot is over or done,
+    or a manual firing (which holds no slot).
+    """
+    if reason == "retry":
+        held = ctx.redis.get(ctx.keys.schedule_fire(name, slot))
+        return _Claim(slot, firing, attempt) if held is not None and str(held) == firing else None
     if reason == "beat":
         slot, ttl_ms = schedule.slot(moment)
-        if not ctx.redis.set(ctx.keys.schedule_fire(name, slot), reason, nx=True, px=ttl_ms):
-            return _record(ctx, name, FireResult("duplicate"))
+    elif reason == "queued":
+        slot, ttl_ms = f"queued-{int(ctx.clock())}", SLOT_FOR_QUEUED_MS
+    else:
+        return None
+    firing = uuid.uuid4().hex
+    if not ctx.redis.set(ctx.keys.schedule_fire(name, slot), firing, nx=True, px=ttl_ms):
+        return None
+    _report_lost(ctx, name)
+    return _Claim(slot, firing, 0)
+
+
+def _mark_firing(ctx: Context, name: str, claim: _Claim) -> None:
+    """Say on the schedule that a firing is under way (cleared when it ends, either way)."""
+    mark = json.dumps({"slot": claim.slot, "at": ctx.clock()})
+    ctx.redis.hset(ctx.keys.schedule_state(name), "firing", mark)
+
+
+def _report_lost(ctx: Context, name: str) -> None:
+    """Record a firing that never ended (its worker died mid-way) as an error, once."""
+    raw = ctx.redis.hget(ctx.keys.schedule_state(name), "firing")
+    if not raw:
+        return
+    try:
+        mark = json.loads(raw)
+        slot, since = str(mark["slot"]), float(mark["at"])
+    except (ValueError, KeyError, TypeError):
+        slot, since = "?", 0.0
+    if ctx.clock() - since < LOST_FIRING_AFTER:
+        return  # another firing is still at work
+    if ctx.redis.hdel(ctx.keys.schedule_state(name), "firing"):
+        error = f"the firing of slot {slot} never ended (its worker was lost); no batch started"
+        _record(ctx, name, FireResult("error", error=error))
+
+
+def _start(
+    ctx: Context, name: str, schedule: Schedule, reason: str, moment: datetime
+) -> FireResult:
+    """The overlap policy, then the batch."""
     running = _previous_running(ctx, name)
     if running:
         if schedule.overlap == "skip":
-            return _record(
-                ctx, name, FireResult("skipped_overlap", error=f"{running} still running")
-            )
+            return FireResult("skipped_overlap", error=f"{running} still running")
         ctx.redis.hset(ctx.keys.schedule_state(name), "queued", reason)
         # The batch may have finished between the check and the flag: then take the
         # flag back ourselves (HDEL is atomic, so only one side fires).
         if _previous_running(ctx, name) or not ctx.redis.hdel(
             ctx.keys.schedule_state(name), "queued"
         ):
-            return _record(ctx, name, FireResult("queued"))
-    try:
-        batch_id, steps = create_batch(ctx, schedule.batch_request(moment), schedule=name)
-    except InvalidBatchError as exc:
-        return _record(ctx, name, FireResult("error", error=str(exc)))
-    return _record(ctx, name, FireResult("fired", batch_id=batch_id, steps=steps))
+            return FireResult("queued")
+    batch_id, steps = create_batch(ctx, schedule.batch_request(moment), schedule=name)
+    return FireResult("fired", batch_id=batch_id, steps=steps)
+
+
+def _settle(ctx: Context, name: str, claim: _Claim, done: str) -> None:
+    """Mark the slot done (its key keeps its life): a late retry of it then does nothing."""
+    key = ctx.keys.schedule_fire(name, claim.slot)
+    if ctx.redis.get(key) == claim.firing:
+        ctx.redis.set(key, f"done:{done}", xx=True, keepttl=True)
+
+
+def _failed(ctx: Context, name: str, claim: _Claim | None, exc: Exception) -> FireResult:
+    """Record the error on the schedule; retry within the slot while it lasts."""
+    if isinstance(exc, InvalidBatchError):
+        error = str(exc)
+    else:
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("schedule %s: firing failed", name, exc_info=True)
+    if claim is None:
+        return _record(ctx, name, FireResult("error", error=error))
+    delay = FIRE_RETRY_DELAYS[min(claim.attempt, len(FIRE_RETRY_DELAYS) - 1)]
+    left_ms = int(ctx.redis.pttl(ctx.keys.schedule_fire(name, claim.slot)))
+    if left_ms < (delay + FIRE_RETRY_MARGIN) * 1000:
+        return _record(ctx, name, FireResult("error", error=f"{error} (gave up: the slot is over)"))
+    attempt = claim.attempt + 1
+    retry = Next(
+        task_names.FIRE_SCHEDULE, (name, "retry", claim.slot, claim.firing, attempt), delay
+    )
+    ctx.redis.hset(ctx.keys.schedule_state(name), "retry_at", repr(ctx.clock() + delay))
+    text = f"{error} (retry {attempt} in {delay:g} s)"
+    return _record(ctx, name, FireResult("error", error=text, steps=[retry]))
 
 
 def schedule_state(ctx: Context, name: str) -> dict[str, str]:

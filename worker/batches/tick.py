@@ -27,6 +27,7 @@ from worker.context import Context
 from worker.runs.submit import submit_hint
 from worker.store.ledger import RunState
 from worker.store.outbox import Next
+from worker.webhooks.batch_delivery import rearm_batch_callbacks, schedule_batch_callback
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,12 @@ def tick(ctx: Context, batch_id: str) -> list[Next]:
 
 
 def sweep_batches(ctx: Context, *, limit: int = 200) -> list[Next]:
-    """Tick every active batch (beat, every ``HATZ_SWEEP_INTERVAL``): recovers lost ticks."""
+    """Tick every active batch (beat, every ``HATZ_SWEEP_INTERVAL``): recovers lost ticks;
+    and re-arm batch callbacks whose delivery is overdue (lost)."""
     steps: list[Next] = []
     for batch_id in ctx.redis.zrange(ctx.keys.active_batches, 0, limit - 1):
         steps += tick(ctx, text(batch_id))
-    return steps
+    return steps + rearm_batch_callbacks(ctx, limit=limit)
 
 
 def _prune(ctx: Context, batch_id: str) -> list[Next]:
@@ -137,6 +139,9 @@ def _finish(ctx: Context, batch_id: str) -> list[Next]:
     fields: dict[str, Any] = {"state": "finished", "finished_at": ctx.clock(), "counts": counts}
     if has_callback:
         fields["callback_state"] = "pending"
+        # On the callback schedule first: a crash after the compare-and-set below
+        # leaves a due callback the sweep re-arms, never one nobody sends.
+        schedule_batch_callback(ctx, batch_id)
     if not batch_cas(ctx, batch_id, {"state": ["running"]}, fields):
         return []  # another tick finished it first
     ctx.redis.zrem(ctx.keys.active_batches, batch_id)

@@ -16,7 +16,7 @@ from worker.batches.request import BatchRequest
 from worker.batches.results import write_results
 from worker.batches.schedules import fire, load_schedules, schedule_state
 from worker.batches.status import BatchStatus, batch_status
-from worker.cli.output import ProgressDrawer, duration, print_error, print_json, table
+from worker.cli.output import ProgressDrawer, clip, duration, print_error, print_json, table
 from worker.cli.params import (
     CommandGroup,
     json_option,
@@ -290,12 +290,21 @@ def schedules_list_command(rt: Runtime, as_json: bool) -> int:
             s.overlap,
             states[s.name].get("last_outcome", "-"),
             states[s.name].get("last_batch", "-"),
+            _last_error(states[s.name]),
         ]
         for s in schedules
     ]
-    headers = ["NAME", "ENABLED", "WHEN", "APP", "OVERLAP", "LAST", "LAST BATCH"]
+    headers = ["NAME", "ENABLED", "WHEN", "APP", "OVERLAP", "LAST", "LAST BATCH", "LAST ERROR"]
     print("\n".join(table(headers, rows)))
     return EXIT_OK
+
+
+def _last_error(state: dict[str, str]) -> str:
+    """The schedule's last error while its last firing failed (with when), else '-'."""
+    if state.get("last_outcome") != "error" or not state.get("last_error"):
+        return "-"
+    at = float(state.get("last_error_at") or state.get("last_at") or time.time())
+    return f"{duration(time.time() - at)} ago: {clip(state['last_error'], 60)}"
 
 
 @schedules_group.command("validate", short_help="check HATZ_SCHEDULES_FILE / HATZ_SCHEDULES")

@@ -10,9 +10,19 @@ import click
 from worker.cli.output import clip, duration, print_error, print_json, table
 from worker.cli.params import CommandGroup, json_option
 from worker.cli.runtime import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Runtime
-from worker.errors import CallbackReplayError, UnsafeCallbackURLError
+from worker.errors import (
+    BatchNotFoundError,
+    CallbackReplayError,
+    RunNotFoundError,
+    UnsafeCallbackURLError,
+)
 from worker.store.outbox import Next
 from worker.taskqueue.app import publish
+from worker.webhooks.batch_delivery import (
+    BATCH_EVENT,
+    failed_batch_callbacks,
+    replay_batch_callback,
+)
 from worker.webhooks.delivery import failed_callbacks, replay_callback, send_test
 
 
@@ -33,26 +43,42 @@ def callbacks_group() -> None:
 @json_option()
 @click.pass_obj
 def failed_command(rt: Runtime, as_json: bool) -> int:
-    """``callbacks failed``: the dead-letter list with each last error."""
+    """``callbacks failed``: the dead-letter list (runs', then batches') with each last error."""
     failed = failed_callbacks(rt.context)
+    failed_batches = failed_batch_callbacks(rt.context)
     if as_json:
-        print_json([f.as_dict() for f in failed])
+        print_json([f.as_dict() for f in failed] + [b.as_dict() for b in failed_batches])
         return EXIT_OK
-    if not failed:
+    if not failed and not failed_batches:
         print("no failed callbacks")
         return EXIT_OK
     now = time.time()
-    rows = [
-        [
-            f.run_id,
-            f.event or "-",
-            duration(now - f.failed_at) + " ago",
-            clip(f.url, 40),
-            clip(f.error, 50),
+    if failed:
+        rows = [
+            [
+                f.run_id,
+                f.event or "-",
+                duration(now - f.failed_at) + " ago",
+                clip(f.url, 40),
+                clip(f.error, 50),
+            ]
+            for f in failed
         ]
-        for f in failed
-    ]
-    print("\n".join(table(["RUN_ID", "EVENT", "FAILED", "URL", "LAST ERROR"], rows)))
+        print("\n".join(table(["RUN_ID", "EVENT", "FAILED", "URL", "LAST ERROR"], rows)))
+    if failed_batches:
+        if failed:
+            print()
+        rows = [
+            [
+                b.batch_id,
+                BATCH_EVENT,
+                duration(now - b.failed_at) + " ago",
+                clip(b.url, 40),
+                clip(b.error, 50),
+            ]
+            for b in failed_batches
+        ]
+        print("\n".join(table(["BATCH_ID", "EVENT", "FAILED", "URL", "LAST ERROR"], rows)))
     return EXIT_OK
 
 
@@ -60,35 +86,52 @@ def failed_command(rt: Runtime, as_json: bool) -> int:
     "replay",
     short_help="re-send dead-lettered callbacks",
     help=(
-        "Re-send the dead-lettered callback of run RUN_ID (or of every run, with --all) "
-        "with the same webhook-id and a fresh timestamp and signature. It leaves the "
-        "failed list once delivered."
+        "Re-send the dead-lettered callback of run RUN_ID, or of a batch given its id "
+        "(or of every one, with --all) with the same webhook-id and a fresh timestamp "
+        "and signature. It leaves the failed list once delivered."
     ),
 )
 @click.argument("run_id", metavar="[RUN_ID]", required=False)
 @click.option("--all", "replay_all", is_flag=True, help="replay every dead-lettered callback")
 @click.pass_obj
 def replay_command(rt: Runtime, run_id: str | None, replay_all: bool) -> int:
-    """``callbacks replay RUN_ID|--all``: restart the chains and publish their deliveries."""
+    """``callbacks replay RUN_ID|BATCH_ID|--all``: restart chains, publish their deliveries."""
     if bool(run_id) == replay_all:
-        raise click.UsageError("give either RUN_ID or --all")
+        raise click.UsageError("give either RUN_ID or --all (a batch id works as RUN_ID too)")
     ctx = rt.context
-    run_ids = [run_id] if run_id else [f.run_id for f in failed_callbacks(ctx)]
-    if not run_ids:
+    if run_id:
+        targets = [run_id]
+    else:
+        targets = [f.run_id for f in failed_callbacks(ctx)]
+        targets += [b.batch_id for b in failed_batch_callbacks(ctx)]
+    if not targets:
         print("no failed callbacks")
         return EXIT_OK
     steps: list[Next] = []
     problems = 0
-    for one in run_ids:
+    for one in targets:
         try:
-            steps += replay_callback(ctx, one)
-        except CallbackReplayError as exc:
+            steps += _replay_one(rt, one)
+        except (CallbackReplayError, RunNotFoundError) as exc:
             print_error(str(exc))
             problems += 1
-            continue
-        print(f"run {one}: callback replay queued")
     publish(steps, rt.celery)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def _replay_one(rt: Runtime, target: str) -> list[Next]:
+    """Replay a run's callback, or else the batch's of that id; say which was queued."""
+    ctx = rt.context
+    if ctx.ledger.get(target) is not None:
+        steps = replay_callback(ctx, target)
+        print(f"run {target}: callback replay queued")
+        return steps
+    try:
+        steps = replay_batch_callback(ctx, target)
+    except BatchNotFoundError:
+        raise RunNotFoundError(f"no run or batch {target!r} (unknown or expired)") from None
+    print(f"batch {target}: callback replay queued")
+    return steps
 
 
 @callbacks_group.command(

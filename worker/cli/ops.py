@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 from config import ConfigError
+from worker.cli.output import print_error
 from worker.cli.params import json_option
 from worker.cli.runtime import EXIT_FAILED, EXIT_OK, Runtime
 from worker.context import redis_from_settings
@@ -104,7 +105,12 @@ def health_command(
     short_help="serve Prometheus metrics for the whole deployment",
     help="Serve /metrics (read from Redis at scrape time) until stopped.",
 )
-@click.option("--host", default="0.0.0.0", metavar="HOST", help="bind address (default 0.0.0.0)")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    metavar="HOST",
+    help="bind address (default 127.0.0.1; 0.0.0.0 to expose it: it has no authentication)",
+)
 @click.option("--port", type=int, default=9808, metavar="PORT", help="port (default 9808)")
 @click.pass_obj
 def metrics_server_command(rt: Runtime, host: str, port: int) -> int:
@@ -113,9 +119,18 @@ def metrics_server_command(rt: Runtime, host: str, port: int) -> int:
 
     settings = rt.settings
     client = redis_from_settings(settings)
-    server, _thread = start_metrics_server(
-        client, Keys(settings.key_prefix), host=host, port=port, sweep_grace=settings.sweep_grace
-    )
+    try:
+        server, _thread = start_metrics_server(
+            client,
+            Keys(settings.key_prefix),
+            host=host,
+            port=port,
+            sweep_grace=settings.sweep_grace,
+        )
+    except OSError as exc:  # the port is taken, or the address is not ours
+        client.close()
+        print_error(f"error: cannot serve metrics on {host}:{port}: {exc.strerror or exc}")
+        return EXIT_FAILED
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

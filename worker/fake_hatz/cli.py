@@ -97,7 +97,14 @@ def serve(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, request_stop)
     try:
-        fake.start()
+        try:
+            fake.start()
+        except OSError as exc:  # the port is taken, or the address is not ours
+            print(
+                f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(
                 f"warning: listening on {args.host}, not loopback only; "

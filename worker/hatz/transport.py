@@ -64,6 +64,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from config import ConfigError
+
 #: What :meth:`HttpPool.urlopen` sends: nothing, bytes, or a sized iterable of bytes.
 Body = bytes | Iterable[bytes] | None
 
@@ -194,20 +196,38 @@ class _TlsPool(HTTPSConnectionPool):
     ConnectionCls = _TlsConnection
 
 
+class ProxyURLError(ConfigError, ValueError):
+    """Raised when the proxy named by the environment cannot be used (not ``http://``)."""
+
+
+_PROXY_VARIABLES = "HTTPS_PROXY / HTTP_PROXY / ALL_PROXY"
+
+
+def check_proxy_url(proxy: str) -> None:
+    """Raise :class:`ProxyURLError` (naming the variables, never the credentials) unless
+    ``proxy`` is an ``http://`` proxy URL with a host."""
+    _proxy_parts(proxy)
+
+
 def _proxy_parts(proxy: str) -> tuple[str, int, str | None]:
     """``(host, port, Proxy-Authorization value or None)`` of an ``http://`` proxy URL."""
-    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        hostname, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ProxyURLError(f"{_PROXY_VARIABLES}: the proxy URL is malformed ({exc})") from None
     if parts.scheme != "http":
-        raise ValueError(
-            f"proxy scheme {parts.scheme!r} is not supported: use an http:// proxy URL"
+        raise ProxyURLError(
+            f"{_PROXY_VARIABLES}: proxy scheme {parts.scheme!r} is not supported "
+            f"(proxy {parts.scheme}://{hostname or '?'}); use an http:// proxy URL"
         )
-    if not parts.hostname:
-        raise ValueError("proxy URL has no host")
+    if not hostname:
+        raise ProxyURLError(f"{_PROXY_VARIABLES}: the proxy URL has no host")
     auth = None
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         auth = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
-    return parts.hostname, parts.port or 80, auth
+    return hostname, port or 80, auth
 
 
 def _root(exc: BaseException) -> BaseException:

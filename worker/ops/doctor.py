@@ -17,7 +17,7 @@ from config import ConfigError, Settings, load_settings
 from worker.context import redis_from_settings
 from worker.errors import HatzAuthError, HatzError, HatzTransportError
 from worker.hatz.client import HatzClient
-from worker.ops import health
+from worker.ops import health, queues
 from worker.store.keys import Keys
 
 
@@ -167,6 +167,24 @@ def check_processes(client: redis.Redis, keys: Keys) -> list[Check]:
     return checks
 
 
+def check_queues(client: redis.Redis, keys: Keys) -> list[Check]:
+    """Messages waiting in queues that no live worker consumes: they would wait forever."""
+    try:
+        waiting = queues.unconsumed(client, keys)
+    except redis.RedisError:
+        return []
+    if not waiting:
+        return [_ok("queues", "no messages wait in a queue that no worker consumes")]
+    listed = ", ".join(f"{q.name} ({q.messages} message(s))" for q in waiting)
+    return [
+        _warn(
+            "queues",
+            f"messages wait in queues no live worker consumes: {listed}; start a worker "
+            "for them (celery -A worker worker -Q NAME) or send to a hatz.* queue",
+        )
+    ]
+
+
 def run_doctor(
     settings: Settings | None = None,
     *,
@@ -191,6 +209,7 @@ def run_doctor(
         checks += redis_checks
         if redis_checks[0].level is not Level.FAIL:
             checks += check_processes(r, Keys(settings.key_prefix))
+            checks += check_queues(r, Keys(settings.key_prefix))
         checks += check_api(client, str(settings.base_url))
     finally:
         if hatz_client is None:

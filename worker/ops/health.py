@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -46,9 +47,26 @@ def server_time(client: redis.Redis) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-def beat(client: redis.Redis, keys: Keys, name: str, interval: float) -> None:
-    """Write one heartbeat for ``name``; it expires after a few intervals."""
-    value = {"at": server_time(client), "pid": os.getpid(), "host": socket.gethostname()}
+def beat(
+    client: redis.Redis,
+    keys: Keys,
+    name: str,
+    interval: float,
+    *,
+    queues: Sequence[str] | None = None,
+) -> None:
+    """Write one heartbeat for ``name``; it expires after a few intervals.
+
+    A worker's heartbeat also names the queues it consumes, so doctor and the
+    metrics can tell messages that no live worker will ever take.
+    """
+    value: dict[str, object] = {
+        "at": server_time(client),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    if queues is not None:
+        value["queues"] = sorted(queues)
     ttl = max(1, int(interval * MAX_AGE_INTERVALS * 2))
     client.set(keys.heartbeat(name), json.dumps(value), ex=ttl)
 
@@ -61,6 +79,8 @@ class Heartbeat:
     age: float
     pid: int | None = None
     host: str | None = None
+    #: The queues a worker consumes (None: not said, e.g. beat or an older worker).
+    queues: tuple[str, ...] | None = None
 
 
 def read(client: redis.Redis, keys: Keys, name: str) -> Heartbeat | None:
@@ -73,7 +93,9 @@ def read(client: redis.Redis, keys: Keys, name: str) -> Heartbeat | None:
         age = max(0.0, server_time(client) - float(data["at"]))
     except (ValueError, KeyError, TypeError):
         return None
-    return Heartbeat(name, age, data.get("pid"), data.get("host"))
+    queues = data.get("queues")
+    named = tuple(str(q) for q in queues) if isinstance(queues, list) else None
+    return Heartbeat(name, age, data.get("pid"), data.get("host"), named)
 
 
 def all_heartbeats(client: redis.Redis, keys: Keys) -> list[Heartbeat]:

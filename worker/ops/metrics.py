@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from worker.ops import queues
 from worker.store.keys import Keys
 from worker.store.ledger import ACTIVE_STATES, RunState
 
@@ -54,6 +56,10 @@ _SCAN_BATCH = 500
 MAX_SCANNED_RUNS = 200_000
 
 ApiObserver = Callable[[str, str, "int | None", "str | None", float], None]
+
+
+#: A scrape is served from the last reading of Redis for this long, s.
+SCRAPE_CACHE_SECONDS = 5.0
 
 
 def endpoint_name(method: str, path: str) -> str:
@@ -166,13 +172,28 @@ class HatzCollector(Collector):
         *,
         sweep_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
+        cache_seconds: float = SCRAPE_CACHE_SECONDS,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.sweep_grace = sweep_grace
         self.clock = clock
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, list[Metric]] | None = None
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        """Every metric family, read at most once per ``cache_seconds`` (a scrape costs
+        up to a few hundred Redis commands; several scrapers, or a retrying one, must
+        not multiply that)."""
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or not 0 <= now - self._cached[0] < self.cache_seconds:
+                self._cached = (now, list(self._read()))
+            families = self._cached[1]
+        yield from families
+
+    def _read(self) -> Iterator[Metric]:
         """Yield every metric family; ``hatz_redis_up 0`` instead of an error when Redis fails."""
         up = GaugeMetricFamily("hatz_redis_up", "1 if the exporter could read Redis")
         try:
@@ -275,12 +296,19 @@ class HatzCollector(Collector):
         parked.add_metric([], self.redis.zcard(self.keys.parked))
         yield parked
         dead = GaugeMetricFamily(
-            "hatz_callbacks_dead_lettered", "Callbacks given up on (P:callbacks:failed)"
+            "hatz_callbacks_dead_lettered",
+            "Callbacks given up on, runs' and batches' (P:callbacks:failed, "
+            "P:batch-callbacks:failed)",
         )
-        dead.add_metric([], self.redis.zcard(self.keys.failed_callbacks))
+        dead.add_metric(
+            [],
+            self.redis.zcard(self.keys.failed_callbacks)
+            + self.redis.zcard(self.keys.failed_batch_callbacks),
+        )
         yield dead
         yield self._breaker(now)
         yield self._heartbeats()
+        yield self._unconsumed()
 
     def _scheduled_states(self) -> Iterator[list[RunState | None]]:
         """States of the runs on the schedule, in batches (one pipelined HGET per run)."""
@@ -325,6 +353,16 @@ class HatzCollector(Collector):
             family.add_metric([_s(key).removeprefix(prefix)], max(0.0, now - at))
         return family
 
+    def _unconsumed(self) -> Metric:
+        family = GaugeMetricFamily(
+            "hatz_queue_unconsumed_messages",
+            "Messages waiting in a queue that no live worker consumes (they wait forever)",
+            labels=["queue"],
+        )
+        for waiting in queues.unconsumed(self.redis, self.keys):
+            family.add_metric([waiting.name], waiting.messages)
+        return family
+
 
 def _server_time(client: redis.Redis) -> float:
     seconds, micros = client.time()
@@ -339,14 +377,16 @@ def start_metrics_server(
     client: redis.Redis,
     keys: Keys,
     *,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     port: int = 9808,
     sweep_grace: float = 60.0,
 ) -> tuple[Any, Any]:
     """Serve ``/metrics`` from a background thread; return ``(server, thread)``.
 
-    A private registry holds only :class:`HatzCollector` (plus nothing of this
-    exporter process itself), so every scrape reads Redis afresh.
+    Loopback only unless ``host`` says otherwise: the endpoint has no
+    authentication. A private registry holds only :class:`HatzCollector` (plus
+    nothing of this exporter process itself), which reads Redis at most once
+    every :data:`SCRAPE_CACHE_SECONDS`. Raises ``OSError`` when the port is taken.
     """
     from prometheus_client import CollectorRegistry, start_wsgi_server
 

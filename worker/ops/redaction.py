@@ -16,6 +16,13 @@ _REDACTED = "[REDACTED]"
 _GENERIC = [
     # The query string of any URL: presigned URLs carry their signature there.
     (re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s'\"<>]*"), r"\1?" + _REDACTED),
+    # urllib3 names the URL by its path alone ("Max retries exceeded with url: /a?b").
+    (re.compile(r"(url: /[^\s?#'\"<>]*)\?[^\s'\"<>]*"), r"\1?" + _REDACTED),
+    # A signature parameter however the URL around it was cut.
+    (
+        re.compile(r"(?i)((?:x-amz-signature|x-goog-signature|signature|sig)=)[^&\s'\"<>)]+"),
+        r"\1" + _REDACTED,
+    ),
     (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_" + _REDACTED),
     (re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1" + _REDACTED),
 ]

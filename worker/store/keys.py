@@ -70,6 +70,11 @@ key                             type    what                                life
 ``P:durations:<app_id>``        list    an app's recent run durations,      RETENTION after the
                                         newest first, trimmed to 64         last write
                                         (``worker.store.durations``)
+``P:batch-callbacks``           zset    finished batches whose callback is  an entry leaves when
+                                        still due, scored by when its next  it is delivered or
+                                        delivery is due (sweeper input)     dead-lettered
+``P:batch-callbacks:failed``    zset    dead-lettered batch callbacks       trimmed (by when
+                                        (batch ids by time)                 dead-lettered)
 ==============================  ======  ==================================  ====================
 
 Celery's own keys (broker queues, ``unacked``, results) use Celery's names;
@@ -168,7 +173,7 @@ class Keys:
     def time_indexes(self) -> tuple[str, ...]:
         """The sorted sets scored by a time that the sweeper trims after ``HATZ_RUN_RETENTION``
         (:mod:`worker.store.retention`). A new index scored by a time belongs here."""
-        return (self.runs, self.batches, self.failed_callbacks)
+        return (self.runs, self.batches, self.failed_callbacks, self.failed_batch_callbacks)
 
     @property
     def api_budget(self) -> str:
@@ -233,3 +238,13 @@ class Keys:
     def durations(self, app_id: str) -> str:
         """An app's recent run durations (the learned poll schedule's input)."""
         return f"{self.prefix}:durations:{app_id}"
+
+    @property
+    def batch_callbacks(self) -> str:
+        """Finished batches whose callback is still due, by when its next delivery is due."""
+        return f"{self.prefix}:batch-callbacks"
+
+    @property
+    def failed_batch_callbacks(self) -> str:
+        """Dead-lettered batch callbacks."""
+        return f"{self.prefix}:batch-callbacks:failed"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from config import Settings
 from worker import task_names
@@ -67,7 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_queues": [Queue(q) for q in task_names.ALL_QUEUES],  # type: ignore[no-untyped-call]
+        "task_queues": _queues(settings),
         "task_default_queue": task_names.QUEUE_DEFAULT,
         "task_routes": routes,
         # Tasks are idempotent (ledger CAS), so redelivery after a crash is safe.
@@ -125,3 +125,17 @@ def startup_problems(settings: Settings) -> list[str]:
             "running would be redelivered and run twice"
         ]
     return []
+
+
+def _queues(settings: Settings) -> list[Queue]:
+    """The queues a worker consumes by default (``-Q`` narrows them).
+
+    Celery's default queue is declared as Celery itself declares it (exchange and
+    routing key ``celery``), so a plain ``send_task("hatz.run_workflow", ...)``
+    from an app that names no queue reaches a worker instead of waiting forever.
+    """
+    queues = [Queue(q) for q in task_names.ALL_QUEUES]  # type: ignore[no-untyped-call]
+    if settings.consume_celery_queue:
+        default = task_names.QUEUE_CELERY
+        queues.append(Queue(default, Exchange(default), routing_key=default))  # type: ignore[no-untyped-call]
+    return queues

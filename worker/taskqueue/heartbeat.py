@@ -33,11 +33,18 @@ class WorkerHeartbeat(TimerStep):
 
         def tick() -> None:
             try:
-                beat(ctx.redis, ctx.keys, name, interval)
+                beat(ctx.redis, ctx.keys, name, interval, queues=consumed_queues(parent))
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
 
         return interval, tick
+
+
+def consumed_queues(consumer: Any) -> list[str]:
+    """The names of the queues ``consumer`` takes messages from right now."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    queues = getattr(task_consumer, "queues", None) or ()
+    return [str(q.name) for q in queues]
 
 
 class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]

@@ -58,7 +58,7 @@ _MAX_RETRY_AFTER = 3600.0
 #: Time a delivery task may need beyond its HTTP timeouts before the sweeper may re-arm it.
 _LEASE_MARGIN = 30.0
 #: When a replayed or queued delivery counts as lost if nobody picked it up.
-_PICKUP_GRACE = 120.0
+PICKUP_GRACE = 120.0
 #: Callback states in which the chain still has work (the sweeper re-arms these).
 ACTIVE_CALLBACK_STATES = frozenset({"pending", "sending", "retrying"})
 
@@ -159,19 +159,17 @@ def send(
     body: bytes,
     *,
     resolver: Resolver | None = None,
-    check_addresses: bool = True,
 ) -> Outcome:
     """Check ``url`` with the SSRF guard, resolve and pin it, and POST once, signed now.
 
-    ``check_addresses=False``: the URL's form is still checked, but not the
-    addresses it resolves to (batch callbacks, whose URLs were only checked at
-    creation so far).
+    Every callback goes through here, run and batch events alike: the host is
+    resolved, every address it resolves to is checked, and the connection goes
+    to the checked address.
     """
     s = ctx.settings
     started = time.monotonic()
-    guard = s if check_addresses else s.model_copy(update={"callback_allow_private": True})
     try:
-        target = resolve_callback_url(url, guard, resolver)
+        target = resolve_callback_url(url, s, resolver)
     except UnsafeCallbackURLError as exc:
         return Outcome(error=f"refused by the SSRF guard: {exc.reason}", refused=True)
     except (OSError, UnicodeError, ValueError) as exc:
@@ -250,12 +248,15 @@ def _attempts(run: Run, record: dict[str, Any]) -> list[dict[str, Any]]:
     return [*(run.get("callback_attempts") or []), record][-_MAX_ATTEMPTS_KEPT:]
 
 
-def _lease(ctx: Context) -> float:
+def delivery_lease(ctx: Context) -> float:
+    """How long one delivery attempt may hold its chain before the sweeper re-arms it, s."""
     s = ctx.settings
     return s.callback_connect_timeout + s.callback_timeout + _LEASE_MARGIN
 
 
-def _retry_delay(ctx: Context, tries: int, outcome: Outcome) -> float:
+def retry_delay(ctx: Context, tries: int, outcome: Outcome) -> float:
+    """The wait before retry number ``tries`` (``HATZ_CALLBACK_RETRY_DELAYS``, jittered),
+    longer when the receiver asked for it with ``Retry-After``."""
     delays = ctx.settings.callback_retry_delays
     delay = jittered(ctx, delays[tries])
     if outcome.retry_after is not None:
@@ -277,7 +278,7 @@ def deliver_step(
     (delays longer than half the visibility timeout wait in the ledger schedule
     for the sweeper); anything else, or retries exhausted, dead-letters it.
     """
-    lease = _lease(ctx)
+    lease = delivery_lease(ctx)
     claimed = _commit(ctx, run_id, token, _claim_next_event(token, lease))
     if claimed is None or not claimed[1].bump:
         return []
@@ -357,7 +358,7 @@ def _attempt_record(ctx: Context, event: Event, outcome: Outcome) -> dict[str, A
 
 def _retry(ctx: Context, attempt: _Attempt, outcome: Outcome, lease: float) -> list[Next]:
     """Record a retryable failure and schedule the retry (held, or kept by the ledger)."""
-    delay = _retry_delay(ctx, attempt.tries, outcome)
+    delay = retry_delay(ctx, attempt.tries, outcome)
     attempt.record["retry_in"] = round(delay, 3)
     # Long waits (hours) are not held by a worker as countdowns: they would
     # outlive the visibility timeout. The ledger's schedule keeps them and
@@ -535,7 +536,7 @@ def replay_callback(ctx: Context, run_id: str) -> list[Next]:
             "callback_sending": "",
             "callback_error": "",
         }
-        return _Change(fields, bump=True, due_in=_PICKUP_GRACE)
+        return _Change(fields, bump=True, due_in=PICKUP_GRACE)
 
     committed = _commit(ctx, run.run_id, None, restart)
     if committed is None:

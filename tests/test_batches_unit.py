@@ -595,7 +595,7 @@ def test_a_creation_that_outlives_the_grace_cancels_what_it_made_and_fails(
     [
         ("rows.jsonl", b'{"topic": "a"}\n\x89PNG\r\n\x1a\n\xff\n', "not UTF-8 text"),
         ("rows.csv", b"topic\n\xff\xfe\n", "not UTF-8 text"),
-        ("rows.csv", b'topic\n"' + b"x" * 200_000 + b'"\n', "not a readable CSV file"),
+        ("rows.csv", b'topic\n"' + b"x" * 200_000 + b'"\n', "longer than 131072 characters"),
     ],
 )
 def test_a_source_that_is_not_text_or_not_csv_is_an_invalid_batch(

@@ -255,7 +255,7 @@ def _start(services: Services, client: Client, options: BatchOptions, source: Pa
             on_bad_rows=options.on_bad_rows,
             metadata=options.metadata,
             client=client.name,
-            context=services.context,
+            context=services.receiving_context(source.parent),
             celery=services.celery,
         )
     except InvalidBatchError as exc:
@@ -292,7 +292,7 @@ async def create_batch_endpoint(
     With ``on_bad_rows: abort`` (the default) a bad row answers ``422`` listing
     every problem by row number, and nothing runs.
     """
-    directory = Path(tempfile.mkdtemp(prefix="batch-", dir=services.upload_dir))
+    directory = Path(tempfile.mkdtemp(prefix="hatz-batch-"))
     try:
         options, source = await _received(request, services, directory)
         batch_id = await run_in_threadpool(_start, services, client, options, source)

@@ -158,7 +158,7 @@ def _enqueue(
             metadata=body.metadata,
             events=body.events,
             timeout=body.timeout,
-            context=services.context,
+            context=services.receiving_context(next(iter(files.values())).path.parent),
         )
     if files and idempotency_key:
         existing = find_idempotent_run(
@@ -216,8 +216,7 @@ async def _received(
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        folder = tempfile.TemporaryDirectory(prefix="upload-", dir=services.upload_dir)
-        directory = cleanup.enter_context(folder)
+        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hatz-upload-"))
         cap = services.context.settings.upload_max_bytes
         raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
         body = _parse_request(raw)

@@ -6,10 +6,7 @@ and kept in ``app.state``; handlers take it with ``Depends(get_services)``.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -29,25 +26,12 @@ class Services:
     celery: Celery | None
     clients: ClientStore
     rate_limit: ClientRateLimit
-    #: Where this process writes the files it receives (each request in its own folder).
-    upload_dir: Path
 
     @classmethod
     def build(cls, context: Context, celery: Celery | None = None) -> Services:
-        """Services over one context; ``celery`` None publishes through the default app.
-
-        The process's upload folder is one of its allowed file roots
-        (``HATZ_FILE_ROOTS``): the files it receives are checked like any local
-        file before they are uploaded, and they never reach a worker as paths.
-        """
-        upload_dir = Path(tempfile.mkdtemp(prefix="hatz-serve-"))
-        atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
-        settings = context.settings.model_copy(
-            update={"file_roots": [*context.settings.file_roots, str(upload_dir)]}
-        )
-        context = dataclasses.replace(context, settings=settings)
+        """Services over one context; ``celery`` None publishes through the default app."""
+        settings = context.settings
         return cls(
-            upload_dir=upload_dir,
             context=context,
             celery=celery,
             clients=ClientStore(context.redis, context.keys, clock=context.clock),
@@ -57,6 +41,19 @@ class Services:
                 rate=settings.client_rate_limit,
                 burst=settings.client_rate_burst,
             ),
+        )
+
+    def receiving_context(self, folder: Path) -> Context:
+        """The context for checking and reading what one request sent, saved in ``folder``.
+
+        ``folder`` (the request's own temporary folder) is added to the allowed file
+        roots (``HATZ_FILE_ROOTS``): the files received over HTTP pass the same check
+        as any local file, and never reach a worker as paths.
+        """
+        settings = self.context.settings
+        roots = [*settings.file_roots, str(folder)]
+        return dataclasses.replace(
+            self.context, settings=settings.model_copy(update={"file_roots": roots})
         )
 
 

@@ -249,10 +249,12 @@ def test_a_failed_batch_callback_is_a_dead_letter_and_replays_once(ctx: Context)
             "callback_state": "failed",
             "callback_token": "3",
             "callback_attempts": json.dumps([{"at": 5.0, "status": 500}]),
+            "callback_error": "500",
             "created_at": "1.0",
         },
     )
     ctx.redis.zadd(ctx.keys.batches, {"b1": 1.0})
+    ctx.redis.zadd(ctx.keys.failed_batch_callbacks, {"b1": 5.0})  # as a dead letter is listed
 
     letters = operations.dead_letters(context=ctx)
 
@@ -270,7 +272,7 @@ def test_a_failed_batch_callback_is_a_dead_letter_and_replays_once(ctx: Context)
         False,
     )
     assert operations.callback_outcome("run", "gone", context=ctx).settled
-    with pytest.raises(CallbackReplayError, match="not failed"):
+    with pytest.raises(CallbackReplayError, match="not dead-lettered"):
         replay_batch_callback(ctx, "b1")
 
 

@@ -62,6 +62,7 @@ def test_the_sweeper_trims_runs_batches_and_dead_letters_by_score_without_listin
         ctx.keys.runs: 2,  # the old run and the old batch's one row
         ctx.keys.batches: 1,
         ctx.keys.failed_callbacks: 1,
+        ctx.keys.failed_batch_callbacks: 0,
     }
 
 

@@ -4,11 +4,11 @@ Every ``serve`` process shares the buckets, so the limit holds however many
 run behind a load balancer: ``HATZ_CLIENT_RATE_BURST`` requests at once,
 refilled at ``HATZ_CLIENT_RATE_LIMIT`` per second, on Redis's own clock.
 
-The bucket arithmetic is the shared Hatz API budget's
-(:mod:`worker.limits.budget`), written again here because a request checks
-its token and takes from its bucket in one script, one round trip: the
-bucket is keyed by the token's hash, known before the lookup, and a token
-that does not exist takes nothing (nor leaves a key behind).
+The bucket is the shared Hatz API budget's Lua fragment
+(:data:`worker.limits.budget.BUCKET_LUA`), preceded here by the token lookup,
+so a request checks its token and takes from its bucket in one script, one
+round trip: the bucket is keyed by the token's hash, known before the lookup,
+and a token that does not exist takes nothing (nor leaves a key behind).
 """
 
 from __future__ import annotations
@@ -16,33 +16,22 @@ from __future__ import annotations
 import redis
 
 from worker.clients.tokens import TOKEN_PREFIX, Client, client_from_record, token_hash
+from worker.limits.budget import BUCKET_LUA
 from worker.store.keys import Keys
 
 # KEYS: bucket hash, token key ('' = take without checking a token). ARGV: rate, capacity.
 # Returns {token record or nil, seconds to wait ("0": a request was taken)}.
-_TAKE = """
+_TAKE = (
+    """
 local record = false
 if KEYS[2] ~= '' then
   record = redis.call('GET', KEYS[2])
   if not record then return {false, '0'} end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or ARGV[2])
-local last = tonumber(redis.call('HGET', KEYS[1], 'at') or tostring(now))
-tokens = math.min(capacity, tokens + math.max(0, now - last) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], 3600)
-return {record, tostring(wait)}
 """
+    + BUCKET_LUA
+    + "return {record, tostring(wait)}\n"
+)
 
 
 class ClientRateLimit:

@@ -22,9 +22,12 @@ import redis
 
 from worker.errors import HatzBudgetError
 
-# KEYS: bucket hash. ARGV: rate (tokens/s), capacity.
-# Returns "0" when a token was taken, else the seconds until one is available.
-_TAKE = """
+#: The token bucket, on Redis's clock: one Lua fragment that every bucket script
+#: embeds (this budget, and the HTTP API's per-client limit, which checks a token
+#: first in the same script). KEYS[1]: the bucket hash. ARGV: rate (tokens/s),
+#: capacity. Leaves ``wait``: 0 when a token was taken, else the seconds until one
+#: is available. The bucket expires an hour after its last use.
+BUCKET_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
@@ -40,8 +43,10 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], 3600)
-return tostring(wait)
 """
+
+# Returns "0" when a token was taken, else the seconds until one is available.
+_TAKE = BUCKET_LUA + "return tostring(wait)\n"
 
 
 class ApiBudget:

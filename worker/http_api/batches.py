@@ -29,7 +29,7 @@ from worker.api.batches import batch_results, client_batch_key, enqueue_batch, g
 from worker.clients import Client
 from worker.errors import BatchNotFoundError, HatzError, InvalidBatchError
 from worker.http_api.auth import CurrentClient
-from worker.http_api.problems import ProblemError, problem_responses
+from worker.http_api.problems import ProblemError, error_lines, problem_responses
 from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, receive_multipart
 
@@ -185,9 +185,7 @@ def _options(model: type[BatchOptions], raw: bytes) -> Any:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        ]
+        errors = error_lines(exc.errors())
         raise ProblemError(422, "the batch request is not valid", errors=errors) from None
 
 

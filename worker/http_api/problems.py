@@ -114,6 +114,11 @@ def _location(loc: Iterable[Any]) -> str:
     return ".".join(parts)
 
 
+def error_lines(errors: Iterable[Mapping[str, Any]]) -> list[str]:
+    """pydantic's validation errors as ``where: what`` lines (``body``: the whole body)."""
+    return [f"{_location(e.get('loc', ())) or 'body'}: {e.get('msg', 'invalid')}" for e in errors]
+
+
 async def _problem(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
     return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
@@ -143,8 +148,7 @@ def allowed_methods(request: Request) -> list[str]:
 
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [f"{_location(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
-    return problem_response(422, "the request is not valid", errors=errors)
+    return problem_response(422, "the request is not valid", errors=error_lines(exc.errors()))
 
 
 async def _invalid_run(_: Request, exc: Exception) -> JSONResponse:

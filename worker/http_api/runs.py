@@ -34,7 +34,7 @@ from worker.clients import Client
 from worker.errors import HatzError, RunNotFoundError
 from worker.http_api.auth import BearerToken, authenticate
 from worker.http_api.models import RunList, RunOut, RunRequest
-from worker.http_api.problems import ProblemError, problem_responses
+from worker.http_api.problems import ProblemError, error_lines, problem_responses
 from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, ReceivedFile, receive_multipart
 from worker.store.ledger import Run, RunState
@@ -101,9 +101,7 @@ def _parse_request(raw: bytes) -> RunRequest:
     try:
         return RunRequest.model_validate_json(raw)
     except ValidationError as exc:
-        errors = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        ]
+        errors = error_lines(exc.errors())
         raise ProblemError(422, "the run request is not valid", errors=errors) from None
 
 

@@ -205,6 +205,31 @@ def test_two_clients_cannot_see_each_others_runs(apis: Apis) -> None:
         assert apis.api.request("POST", f"/v1/runs/{run_id}/cancel", token=token).ok
 
 
+def test_the_201_answer_is_the_run_as_recorded(apis: Apis) -> None:
+    app = apis.stack.app(duration=30)
+    body = {
+        "app_id": app.id,
+        "inputs": {"topic": "ml"},
+        "metadata": {"order": 7},
+        "events": ["workflow_run.completed"],
+        "timeout": 120,
+    }
+
+    made = apis.post_run(apis.alice, body, headers={"Idempotency-Key": "as-recorded"})
+    read = apis.api.request("GET", f"/v1/runs/{made.json()['run_id']}", token=apis.alice)
+
+    assert made.status_code == 201, made.text
+    assert made.headers["Location"] == f"/v1/runs/{made.json()['run_id']}"
+    assert made.json()["state"] == "QUEUED"
+    unchanging = (
+        "run_id", "app_id", "client", "inputs", "metadata", "events", "timeout",
+        "idempotency_key", "is_draft_app", "created_at", "queued_at",
+    )  # fmt: skip
+    assert {f: made.json()[f] for f in unchanging} == {f: read.json()[f] for f in unchanging}
+    assert made.json()["idempotency_key"] == "as-recorded"
+    assert made.json()["client"] == "alice"
+
+
 def test_the_same_idempotency_key_and_body_give_the_same_run(apis: Apis) -> None:
     app = apis.stack.app()
     body = {"app_id": app.id, "inputs": {"topic": "ml"}}

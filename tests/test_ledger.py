@@ -46,6 +46,33 @@ def test_create_records_a_queued_run_with_its_fields(ledger: Ledger) -> None:
     assert [s for s, _ in run.history()] == ["QUEUED"]
 
 
+def test_create_returns_the_record_exactly_as_a_read_gives_it(ledger: Ledger) -> None:
+    fields = {
+        "app_id": "a",
+        "inputs": {"topic": "x", "n": 2},
+        "metadata": {"k": ["v"]},
+        "callback_url": "https://example.test/hook",
+        "events": ["run.completed"],
+        "is_draft_app": True,
+        "client": "alice",
+        "run_timeout": 30.5,
+        "files": {},
+    }
+    created = ledger.create(fields, idempotency_key="k", params_fingerprint="f")
+
+    assert created.created
+    assert created.run_id == created[0]
+    assert created.record == ledger.require(created.run_id)
+
+
+def test_a_create_that_found_an_existing_run_has_no_record(ledger: Ledger) -> None:
+    first = ledger.create({"app_id": "a"}, idempotency_key="k", params_fingerprint="f")
+
+    again = ledger.create({"app_id": "a"}, idempotency_key="k", params_fingerprint="f")
+
+    assert (again.run_id, again.created, again.record) == (first.run_id, False, None)
+
+
 def test_same_idempotency_key_and_params_returns_the_existing_run(ledger: Ledger) -> None:
     first, _ = ledger.create({"app_id": "a"}, idempotency_key="k", params_fingerprint="f")
 

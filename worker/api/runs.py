@@ -28,7 +28,7 @@ from worker.runs.cancel import cancel
 from worker.runs.finish import finish
 from worker.runs.request import check_request
 from worker.runs.submit import submit_hint
-from worker.store.ledger import Run, RunState, fingerprint
+from worker.store.ledger import Created, Run, RunState, fingerprint
 from worker.store.outbox import Next
 from worker.webhooks.ssrf import check_callback_url
 
@@ -142,9 +142,10 @@ def create_run(
     upload_here: bool = False,
     context: Context | None = None,
     celery: Celery | None = None,
-) -> tuple[str, bool]:
+) -> Created:
     r""":func:`enqueue_run`, returning ``(run_id, created)``; ``created`` is False when an
-    idempotency key returned an existing run.
+    idempotency key returned an existing run. (A :class:`~worker.store.ledger.Created`:
+    its ``record`` is the new run as written, for a caller that answers with it.)
 
     ``client`` (an HTTP API client's name) is recorded on the run, indexes it
     among that client's runs and scopes ``idempotency_key`` to that client.
@@ -160,22 +161,23 @@ def create_run(
         params["client"] = client
         if idempotency_key:
             idempotency_key = client_idempotency_key(client, idempotency_key)
-    # The fingerprint is of the request as made (paths, URLs), not of upload ids.
-    params_fingerprint = request_fingerprint or fingerprint(params)
+    # The fingerprint is of the request as made (paths, URLs), not of upload ids; it is
+    # kept only beside an idempotency key, so without one there is none to compute.
+    params_fingerprint = request_fingerprint or (fingerprint(params) if idempotency_key else "")
     if upload_here and params["files"]:
         uploaded = upload_here_now(ctx.client, params["files"], ctx.settings, scope_id=app_id)
         params = {**params, "inputs": {**params["inputs"], **uploaded}, "files": {}}
-    run_id, created = ctx.ledger.create(
+    created = ctx.ledger.create(
         params,
         idempotency_key=idempotency_key,
         params_fingerprint=params_fingerprint,
         indexed_in=ctx.keys.client_runs(client) if client is not None else "",
     )
-    if created:
+    if created.created:
         from worker.taskqueue.app import publish
 
-        publish([Next(task_names.SUBMIT, (run_id, 0, submit_hint(params)))], celery)
-    return run_id, created
+        publish([Next(task_names.SUBMIT, (created.run_id, 0, submit_hint(params)))], celery)
+    return created
 
 
 def check_run(

@@ -14,7 +14,6 @@ import hashlib
 import json
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +36,7 @@ from worker.http_api.models import RunList, RunOut, RunRequest
 from worker.http_api.problems import ProblemError, error_lines, problem_responses
 from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, ReceivedFile, receive_multipart
-from worker.store.ledger import Run, RunState
+from worker.store.ledger import Created, Run, RunState
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
@@ -105,13 +104,18 @@ def _parse_request(raw: bytes) -> RunRequest:
         raise ProblemError(422, "the run request is not valid", errors=errors) from None
 
 
-async def _read_json(request: Request) -> bytes:
+async def _read_json(request: Request) -> bytes | None:
+    """The body, or None once it is over :data:`MAX_JSON_BYTES` (the rest is left unread)."""
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > MAX_JSON_BYTES:
-            raise ProblemError(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KiB")
+            return None
     return bytes(body)
+
+
+def _is_json(media: str) -> bool:
+    return media in {"application/json", ""} or media.endswith("+json")
 
 
 def _upload(services: Services, files: dict[str, ReceivedFile]) -> dict[str, str]:
@@ -125,8 +129,13 @@ def _upload(services: Services, files: dict[str, ReceivedFile]) -> dict[str, str
     return uuids
 
 
-def _fingerprint(body: RunRequest, files: dict[str, ReceivedFile]) -> str:
-    """The request (its fields and its files' contents), to compare idempotent retries."""
+def _fingerprint(
+    body: RunRequest, files: dict[str, ReceivedFile], idempotency_key: str | None
+) -> str | None:
+    """The request (its fields and its files' contents), to compare idempotent retries;
+    None without an ``Idempotency-Key`` (nothing to compare with)."""
+    if not idempotency_key:
+        return None
     canonical = json.dumps(
         {
             "request": body.model_dump(mode="json"),
@@ -144,8 +153,8 @@ def _enqueue(
     body: RunRequest,
     files: dict[str, ReceivedFile],
     idempotency_key: str | None,
-    fingerprint: str,
-) -> tuple[str, bool]:
+    fingerprint: str | None,
+) -> Created:
     """Upload the files (unless this is a retry of a request already made) and record the run."""
     if files:  # every problem before anything is uploaded
         check_run(
@@ -158,7 +167,7 @@ def _enqueue(
             timeout=body.timeout,
             context=services.receiving_context(next(iter(files.values())).path.parent),
         )
-    if files and idempotency_key:
+    if files and idempotency_key and fingerprint:
         existing = find_idempotent_run(
             idempotency_key,
             request_fingerprint=fingerprint,
@@ -166,7 +175,7 @@ def _enqueue(
             context=services.context,
         )
         if existing is not None:
-            return existing, False  # its files were uploaded the first time
+            return Created(existing, False)  # its files were uploaded the first time
     file_uuids = _upload(services, files)
     return create_run(
         body.app_id,
@@ -190,11 +199,12 @@ def _enqueue_and_read(
     body: RunRequest,
     files: dict[str, ReceivedFile],
     idempotency_key: str | None,
-    fingerprint: str,
+    fingerprint: str | None,
 ) -> tuple[Run, bool]:
-    """:func:`_enqueue`, then the run's record, in one trip to a worker thread."""
-    run_id, created = _enqueue(services, client, body, files, idempotency_key, fingerprint)
-    return get_run(run_id, context=services.context), created
+    """:func:`_enqueue`, then the run's record: as written, or read for an idempotent retry."""
+    created = _enqueue(services, client, body, files, idempotency_key, fingerprint)
+    run = created.record or get_run(created.run_id, context=services.context)
+    return run, created.created
 
 
 async def _wait(services: Services, run_id: str, seconds: int) -> Run:
@@ -207,22 +217,46 @@ async def _wait(services: Services, run_id: str, seconds: int) -> Run:
         await asyncio.sleep(min(WAIT_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-async def _received(
-    request: Request, services: Services, cleanup: ExitStack
-) -> tuple[RunRequest, dict[str, ReceivedFile], str]:
-    """The run request, its files (on disk until ``cleanup`` closes) and its fingerprint."""
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";")[0].strip().lower()
-    if media == "multipart/form-data":
-        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hatz-upload-"))
+def _json_run(
+    services: Services,
+    token: str | None,
+    media: str,
+    raw: bytes | None,
+    idempotency_key: str | None,
+) -> tuple[Run, bool]:
+    """A JSON request, start to end in one worker thread: authenticate, check, record, read."""
+    client = authenticate(services, token)  # 401 and 429 come before anything about the body
+    if not _is_json(media):
+        raise ProblemError(415, "send application/json, or multipart/form-data with files")
+    if raw is None:
+        raise ProblemError(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KiB")
+    body = _parse_request(raw)
+    fingerprint = _fingerprint(body, {}, idempotency_key)
+    return _enqueue_and_read(services, client, body, {}, idempotency_key, fingerprint)
+
+
+async def _multipart_run(
+    request: Request,
+    content_type: str,
+    services: Services,
+    token: str | None,
+    idempotency_key: str | None,
+) -> tuple[Run, bool]:
+    """A request with files: authenticated before a byte of them is received."""
+    client = await run_in_threadpool(authenticate, services, token)
+    with tempfile.TemporaryDirectory(prefix="hatz-upload-") as directory:
         cap = services.context.settings.upload_max_bytes
         raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
         body = _parse_request(raw)
-        return body, files, _fingerprint(body, files)
-    if media in {"application/json", ""} or media.endswith("+json"):
-        body = _parse_request(await _read_json(request))
-        return body, {}, _fingerprint(body, {})
-    raise ProblemError(415, "send application/json, or multipart/form-data with files")
+        return await run_in_threadpool(
+            _enqueue_and_read,
+            services,
+            client,
+            body,
+            files,
+            idempotency_key,
+            _fingerprint(body, files, idempotency_key),
+        )
 
 
 @router.post(
@@ -237,32 +271,41 @@ async def _received(
 )
 async def create_run_endpoint(
     request: Request,
-    response: Response,
     token: BearerToken,
     services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[str | None, Header()] = None,
-) -> RunOut:
+) -> Response:
     """Enqueue a run (JSON, or multipart/form-data with one file part per file input).
 
     ``Idempotency-Key``: the same key with the same request answers the same run
     (``200``); with another request, ``409``. ``Prefer: wait=N`` (N ≤ 60) answers
     when the run ends or after N seconds.
     """
-    client = await run_in_threadpool(authenticate, services, token)
-    with ExitStack() as cleanup:
-        body, files, fingerprint = await _received(request, services, cleanup)
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        run, created = await _multipart_run(request, content_type, services, token, idempotency_key)
+    else:
+        # The body (at most MAX_JSON_BYTES) is read first, so that authenticating,
+        # checking and recording take one trip to a worker thread, not two.
+        raw = await _read_json(request)
         run, created = await run_in_threadpool(
-            _enqueue_and_read, services, client, body, files, idempotency_key, fingerprint
+            _json_run, services, token, media, raw, idempotency_key
         )
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/v1/runs/{run.run_id}"
+    headers = {"Location": f"/v1/runs/{run.run_id}"}
     wait = _wait_preference(prefer)
     if wait is not None:
-        response.headers["Preference-Applied"] = f"wait={wait}"
+        headers["Preference-Applied"] = f"wait={wait}"
         if not run.state.is_terminal:
             run = await _wait(services, run.run_id, wait)
-    return RunOut.of(run)
+    # Serialized here, once: the response model above is for the schema.
+    return Response(
+        RunOut.of(run).model_dump_json(),
+        status_code=201 if created else 200,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 @router.get("/runs/{run_id}", responses=problem_responses(401, 404, 422, 429, 503))

@@ -286,6 +286,38 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+class Created(tuple[str, bool]):
+    """What :meth:`Ledger.create` returns: ``(run_id, created)``, and :attr:`record`.
+
+    A tuple, so ``run_id, created = ledger.create(...)`` reads as it always did;
+    :attr:`record` is the run as this call wrote it (None when an idempotency key
+    returned an existing run), decoded only when asked for: a caller that answers
+    with the new run (the HTTP API) needs no second trip to Redis to read it back.
+    """
+
+    _written: list[str] | None
+
+    def __new__(cls, run_id: str, created: bool, written: list[str] | None = None) -> Created:
+        self = super().__new__(cls, (run_id, created))
+        self._written = written
+        return self
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (new, or the existing run's)."""
+        return self[0]
+
+    @property
+    def created(self) -> bool:
+        """False when an idempotency key returned an existing run."""
+        return self[1]
+
+    @property
+    def record(self) -> Run | None:
+        """The new run's record exactly as written (as :meth:`Ledger.get` would read it)."""
+        return Run.from_hash(_pairs(self._written)) if self._written is not None else None
+
+
 class CasResult:
     """Outcome of a compare-and-set: ``ok``, the new token, the state before, the record,
     and the value its ``peek`` read (None without one)."""
@@ -346,8 +378,8 @@ class Ledger:
         run_id: str | None = None,
         listed_in: str = "",
         indexed_in: str = "",
-    ) -> tuple[str, bool]:
-        """Create a QUEUED run; return ``(run_id, created)``.
+    ) -> Created:
+        """Create a QUEUED run; return ``(run_id, created)`` (a :class:`Created`).
 
         With an ``idempotency_key`` seen before, return the existing run id and
         ``created=False`` when the parameters match, else raise
@@ -373,6 +405,7 @@ class Ledger:
         if idempotency_key:
             record["idempotency_key"] = idempotency_key
         idem_key = self.keys.idempotency(idempotency_key) if idempotency_key else ""
+        written = _flat(record)
         result = _evalsha(
             self._create,
             keys=[
@@ -390,20 +423,20 @@ class Ledger:
                 now + first_due_in,
                 params_fingerprint,
                 self.idempotency_ttl,
-                *_flat(record),
+                *written,
             ],
         )
         if int(result[0]) == 1:
             if indexed_in and random.random() < INDEX_TRIM_CHANCE:
                 self.trim_index(indexed_in)
-            return run_id, True
+            return Created(run_id, True, written)
         existing, existing_fp = _str(result[1]), _str(result[2])
         if existing_fp != params_fingerprint:
             raise IdempotencyConflictError(
                 f"idempotency key {idempotency_key!r} was already used for run {existing} "
                 "with different parameters"
             )
-        return existing, False
+        return Created(existing, False)
 
     def idempotent_run(self, idempotency_key: str) -> tuple[str, str] | None:
         """``(run_id, params_fingerprint)`` of the run made with this key, or None."""

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -39,9 +39,11 @@ class ApiServer:
         *,
         port: int | None = None,
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.settings = {"api_key": API_KEY, **settings}
         self.env = dict(env or {})
+        self.args = list(args)
         self.port = port or free_port()
         fd, self.log_path = tempfile.mkstemp(prefix="hatz-api-", suffix=".log")
         os.close(fd)
@@ -63,6 +65,7 @@ class ApiServer:
         env["PYTHONUNBUFFERED"] = "1"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         command = [sys.executable, "-m", "worker.cli.main", "serve", "--port", str(self.port)]
+        command += self.args
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )

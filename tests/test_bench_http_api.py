@@ -31,3 +31,4 @@ def test_a_short_http_api_bench_prints_its_table() -> None:
     for row in ("direct enqueue_run", "HTTP API, 8 conn.", "2 processes", "HTTP API, 1 conn."):
         assert row in done.stdout, done.stdout
     assert "goal (one API process >= half of direct):" in done.stdout
+    assert "goal (issue 18, the API on the two cores: serve --workers 2 >= half" in done.stdout

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import signal
+import socket
 import time
 from types import FrameType
 
 import click
 
+from worker.cli import serve_processes
 from worker.cli.output import duration, print_error, print_json, table
 from worker.cli.params import CommandGroup, json_option
 from worker.cli.runtime import EXIT_FAILED, EXIT_OK, Runtime
@@ -16,6 +19,8 @@ from worker.clients.tokens import check_name
 from worker.context import Context
 from worker.http_api.app import Extension
 from worker.ops.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 
 def app_extensions() -> list[Extension]:
@@ -28,22 +33,45 @@ def app_extensions() -> list[Extension]:
 @click.command(
     "serve",
     short_help="serve the HTTP API",
-    help="Serve the HTTP API (uvicorn) until stopped. Clients need a token: `tokens create`.",
+    help=(
+        "Serve the HTTP API (uvicorn) until stopped. Clients need a token: `tokens create`. "
+        "A Python process runs one request's code at a time: give each core a process "
+        "(--workers), as with any Python web server."
+    ),
 )
 @click.option(
     "--host", default="127.0.0.1", metavar="HOST", help="bind address (default 127.0.0.1)"
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, metavar="PORT",
               envvar="PORT", help="port (default $PORT, else 8000)")  # fmt: skip
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    metavar="N",
+    envvar="WEB_CONCURRENCY",
+    help="processes on the port, one per core (default $WEB_CONCURRENCY, else 1)",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True,
+              help="join the port's SO_REUSEPORT group (a serve --workers process)")  # fmt: skip
 @click.pass_obj
-def serve_command(rt: Runtime, host: str, port: int) -> int:
-    """``serve``: run uvicorn over :func:`worker.http_api.app.create_app` until SIGTERM/SIGINT."""
+def serve_command(rt: Runtime, host: str, port: int, workers: int, reuse_port: bool) -> int:
+    """``serve``: run uvicorn until SIGTERM/SIGINT, here or in ``workers`` processes."""
+    # The worker's log format (HATZ_LOG_JSON) and redaction for uvicorn's lines too.
+    configure_logging(rt.settings)
+    if workers > 1:
+        return _serve_processes(host, port, workers)
     import uvicorn
 
     from worker.http_api.app import create_app
 
-    # The worker's log format (HATZ_LOG_JSON) and redaction for uvicorn's lines too.
-    configure_logging(rt.settings)
+    sockets = None
+    if reuse_port:
+        try:
+            sockets = [serve_processes.listener(host, port, reuse_port=True)]
+        except OSError as exc:
+            print_error(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
+            return EXIT_FAILED
     # Metrics unbuffered: uploads call Hatz from request threads, outside any task.
     context = Context.from_settings(rt.settings, buffered_metrics=False)
     app = create_app(context, celery=rt.celery, extensions=app_extensions())
@@ -60,12 +88,30 @@ def serve_command(rt: Runtime, host: str, port: int) -> int:
     # found; with this one that ends the process with exit 0, as a warm worker shutdown does.
     previous = signal.signal(signal.SIGTERM, _after_graceful_shutdown)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         signal.signal(signal.SIGTERM, previous)
         context.client.close()
         context.redis.close()
     return EXIT_OK
+
+
+def _serve_processes(host: str, port: int, workers: int) -> int:
+    """``workers`` supervised ``serve`` processes on ``host:port`` (see :mod:`serve_processes`)."""
+    if port == 0:
+        print_error("error: --workers needs a fixed --port (each process binds the same one)")
+        return EXIT_FAILED
+    if not hasattr(socket, "SO_REUSEPORT"):
+        print_error("error: --workers needs SO_REUSEPORT (Linux, macOS, BSD); run one process")
+        return EXIT_FAILED
+    try:
+        serve_processes.check_port_free(host, port)
+    except OSError as exc:
+        print_error(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
+        return EXIT_FAILED
+    log.info("serving on http://%s:%s with %s processes", host, port, workers)
+    command = serve_processes.child_command(host, port)
+    return serve_processes.Supervisor(command, workers).run()
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:

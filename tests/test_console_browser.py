@@ -151,7 +151,10 @@ def test_a_non_admin_token_is_refused(console: Console) -> None:
 def test_log_in_and_watch_a_run_reach_completed_without_reloading(console: Console) -> None:
     page = console.page
     page.goto(console.url("/console/login"))
-    assert page.evaluate("document.activeElement.id") == "token"  # focused, for the keyboard
+    # Focused, for the keyboard. Chromium applies autofocus at a rendering update that
+    # may come after goto() returns (on the load event): wait for it, with a deadline.
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'token'")
+    assert page.evaluate("document.activeElement.id") == "token"
     page.keyboard.type(console.admin)
     page.keyboard.press("Enter")
     page.wait_for_url("**/console/runs")

@@ -20,6 +20,7 @@ import pytest
 import urllib3
 
 from tests.file_servers import HttpsFiles, MotoS3, wait_for_expiry
+from tests.http_stack import running_api
 from tests.stack import Stack, running_stack
 from worker.errors import InvalidRunError
 from worker.fake_hatz import FakeApp, FakeInput, FakeStep
@@ -140,6 +141,44 @@ def test_an_https_input_at_a_private_address_is_refused_and_nothing_is_enqueued(
     (problem,) = refused.value.problems
     assert "file URL for input 'report' refused: address 10.20.30.40, a private" in problem
     assert len(stack.context.ledger.run_ids(limit=10_000)) == before
+
+
+def test_an_https_input_over_the_http_api_completes_with_exactly_its_bytes(
+    stack: Stack, https: HttpsFiles
+) -> None:
+    data = os.urandom(300_000)
+    url = https.serve("/exports/api-report.csv", data)
+    app = _file_app(stack)
+
+    with running_api(stack.values) as api:
+        token = api.token("files-client")
+        made = api.request(
+            "POST", "/v1/runs", token=token, json={"app_id": app.id, "files": {"report": url}}
+        )
+        private = api.request(
+            "POST",
+            "/v1/runs",
+            token=token,
+            json={"app_id": app.id, "files": {"report": f"https://10.20.30.40:{https.port}/r"}},
+        )
+        store = api.request(
+            "POST",
+            "/v1/runs",
+            token=token,
+            json={"app_id": app.id, "files": {"report": "s3://b/o"}},
+        )
+
+    assert made.status_code == 201, made.text
+    run = stack.wait(made.json()["run_id"])
+    assert run.state is RunState.COMPLETED, run.get("error")
+    assert (_received(stack, run.run_id)["size"], _received(stack, run.run_id)["sha256"]) == (
+        _digest(data)
+    )
+    assert "/exports/api-report.csv" in https.requests
+    assert private.status_code == 422
+    assert "address 10.20.30.40, a private" in " ".join(private.json()["errors"])
+    assert store.status_code == 422
+    assert "only https://" in " ".join(store.json()["errors"])
 
 
 def test_a_missing_object_rejects_the_run_with_a_clear_error(stack: Stack) -> None:

@@ -256,3 +256,25 @@ def test_a_run_request_is_strict_json(body: str) -> None:
 def test_a_run_request_refuses_server_paths() -> None:
     with pytest.raises(ValueError, match="never accepted over HTTP"):
         RunRequest.model_validate({"app_id": "a", "files": {"doc": "/etc/passwd"}})
+
+
+def test_a_run_request_takes_https_file_urls_and_nothing_else() -> None:
+    url = "https://files.example.com/q3.csv?X-Amz-Signature=abc"
+    assert RunRequest.model_validate({"app_id": "a", "files": {"doc": url}}).files == {"doc": url}
+
+    with pytest.raises(ValueError, match="never accepted over HTTP") as path:
+        RunRequest.model_validate({"app_id": "a", "files": {"doc": "reports/q3.csv"}})
+    with pytest.raises(ValueError, match="only https:// URLs") as store:
+        RunRequest.model_validate({"app_id": "a", "files": {"doc": "s3://bucket/q3.csv"}})
+    with pytest.raises(ValueError, match="only https:// URLs"):
+        RunRequest.model_validate({"app_id": "a", "files": {"doc": "http://example.com/q3.csv"}})
+    assert "'doc'" in str(path.value)
+    assert "server's own credentials" in str(store.value)
+
+
+def test_a_run_request_lists_every_refused_file() -> None:
+    with pytest.raises(ValueError, match=r"files: 'a': .*files: 'b': ") as refused:
+        RunRequest.model_validate({"app_id": "x", "files": {"b": "s3://k/o", "a": "/etc/x"}})
+
+    assert "never accepted" in str(refused.value)
+    assert "only https://" in str(refused.value)

@@ -145,6 +145,25 @@ def test_a_server_path_is_never_accepted(apis: Apis) -> None:
     assert "never accepted over HTTP" in " ".join(answer.json()["errors"])
 
 
+def test_one_input_as_both_a_part_and_a_url_is_refused_before_any_upload(apis: Apis) -> None:
+    app = apis.stack.app(user_inputs=[FakeInput("report", variable_type="file_upload")])
+    uploads_before = len(apis.stack.calls("upload"))
+    request = {"app_id": app.id, "files": {"report": "https://files.example.com/r.csv"}}
+
+    answer = apis.api.request(
+        "POST",
+        "/v1/runs",
+        token=apis.alice,
+        data={"request": json.dumps(request)},
+        files={"report": ("r.csv", b"a,b\n", "text/csv")},
+    )
+
+    assert answer.status_code == 422
+    assert answer.json()["errors"] == ["files: 'report' is given both as a part and as a URL"]
+    assert len(apis.stack.calls("upload")) == uploads_before
+    assert list(apis.tmp.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status"),
     [

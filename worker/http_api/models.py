@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from worker.store.ledger import Run, RunState
 
 SERVER_PATHS_REFUSED = (
-    "files: a path on the server's disk is never accepted over HTTP; send each file as a "
-    "multipart/form-data part named after its input"
+    "a path on the server's disk is never accepted over HTTP; send the file as a "
+    "multipart/form-data part named after its input, or give an https:// URL"
+)
+ONLY_HTTPS = (
+    "only https:// URLs are accepted over HTTP (an object-store URL would be read with the "
+    "server's own credentials: give a presigned https:// URL instead)"
 )
 
 
@@ -24,6 +28,14 @@ class RunRequest(BaseModel):
     inputs: dict[str, Any] = Field(
         default_factory=dict, description="variable_name -> value (files go as multipart parts)"
     )
+    files: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "file_upload variable_name -> an https:// URL the worker fetches and uploads "
+            "(through the same guard as callbacks: public addresses only unless the server "
+            "allows more, no redirects, a size cap). Not a path, not an object-store URL."
+        ),
+    )
     callback_url: str | None = Field(
         default=None, max_length=2048, description="POST a signed event here"
     )
@@ -34,12 +46,18 @@ class RunRequest(BaseModel):
     )
     is_draft_app: bool = Field(default=False, description="Run the app's draft version")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_server_paths(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "files" in data:
-            raise ValueError(SERVER_PATHS_REFUSED)
-        return data
+    @model_validator(mode="after")
+    def _https_files_only(self) -> RunRequest:
+        problems = []
+        for name, ref in sorted((self.files or {}).items()):
+            scheme = ref.split("://", 1)[0].lower() if "://" in ref else ""
+            if scheme != "https":
+                problems.append(
+                    f"files: {name!r}: {ONLY_HTTPS if scheme else SERVER_PATHS_REFUSED}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _strict_json(self) -> RunRequest:

@@ -155,12 +155,21 @@ def _enqueue(
     idempotency_key: str | None,
     fingerprint: str | None,
 ) -> Created:
-    """Upload the files (unless this is a retry of a request already made) and record the run."""
+    """Upload the files (unless this is a retry of a request already made) and record the run.
+
+    Files given as https:// URLs (``body.files``) are recorded as such: the worker
+    fetches and uploads them, as for ``enqueue_run(files=...)``.
+    """
+    urls = body.files or {}
+    twice = sorted(set(urls) & set(files))
+    if twice:
+        errors = [f"files: {name!r} is given both as a part and as a URL" for name in twice]
+        raise ProblemError(422, "the run request is not valid", errors=errors)
     if files:  # every problem before anything is uploaded
         check_run(
             body.app_id,
             body.inputs,
-            files={name: received.path for name, received in files.items()},
+            files={**urls, **{name: received.path for name, received in files.items()}},
             callback_url=body.callback_url,
             metadata=body.metadata,
             events=body.events,
@@ -180,6 +189,7 @@ def _enqueue(
     return create_run(
         body.app_id,
         {**body.inputs, **file_uuids},
+        files=urls or None,
         callback_url=body.callback_url,
         metadata=body.metadata,
         is_draft_app=body.is_draft_app,

@@ -106,14 +106,15 @@ def test_a_process_that_dies_while_starting_stops_them_all() -> None:
     assert all(p.poll() is not None for p, _ in supervisor.processes)
 
 
-def _established_by(pids: list[int], port: int) -> dict[int, int]:
-    """How many established TCP connections to ``port`` each process holds."""
+def _sockets_by(pids: list[int], port: int, state: str) -> dict[int, int]:
+    """How many TCP sockets on local ``port`` in ``state`` (01 established, 0A listening)
+    each process holds."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            if local_port == port and fields[3] == state:
                 inodes.add(fields[9])
     counts: dict[int, int] = {}
     for pid in pids:
@@ -137,23 +138,34 @@ def test_two_processes_share_the_port_and_its_connections() -> None:
             parent = server.process.pid
             wait_until(lambda: len(_children(parent)) == 2, timeout=20, message="two processes")
             children = _children(parent)
+            # Each process listens once its app is built: connections made before the
+            # second one listens all go to the first.
+            wait_until(
+                lambda: all(_sockets_by(children, server.port, "0A").values()),
+                timeout=30,
+                message="both processes listening",
+            )
             token = server.token("alice")
             # All connected before any is used, as a client's pool or a load balancer opens them.
             connections = [http.client.HTTPConnection("127.0.0.1", server.port) for _ in range(24)]
-            for connection in connections:
-                connection.connect()
-            for connection in connections:
-                connection.request("GET", "/v1/me", headers={"Authorization": f"Bearer {token}"})
-                answer = connection.getresponse()
-                answer.read()
-                assert answer.status == 200
+            try:
+                for connection in connections:
+                    connection.connect()
+                for connection in connections:
+                    connection.request(
+                        "GET", "/v1/me", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    answer = connection.getresponse()
+                    answer.read()
+                    assert answer.status == 200
 
-            counts = _established_by(children, server.port)
+                counts = _sockets_by(children, server.port, "01")
+            finally:
+                for connection in connections:
+                    connection.close()
 
             assert sum(counts.values()) >= len(connections)  # and the server's own session
             assert all(count > 0 for count in counts.values()), counts
-            for connection in connections:
-                connection.close()
         finally:
             code = server.stop(timeout=60)
             print(server.log_text()[-4000:])

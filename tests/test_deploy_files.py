@@ -213,3 +213,15 @@ def test_procfile_web_serves_the_http_api_on_the_platforms_port(
     assert "--port" not in web  # the port comes from $PORT, as Heroku-style platforms set it
     monkeypatch.setenv("PORT", "5123")
     assert parse_command_line(web[1:]).params["port"] == 5123
+
+
+def test_procfile_web_starts_the_processes_the_platform_asks_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    web = _procfile()["web"]
+
+    assert "--workers" not in web  # from $WEB_CONCURRENCY, which such platforms set by size
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert parse_command_line(web[1:]).params["workers"] == 3
+    monkeypatch.delenv("WEB_CONCURRENCY")
+    assert parse_command_line(web[1:]).params["workers"] == 1

@@ -26,7 +26,11 @@ from worker.limits.breaker import breaker_state
 from worker.ops import health
 from worker.ops.metrics import state_counter_field
 from worker.store.ledger import ACTIVE_STATES, RunState
-from worker.webhooks.batch_delivery import failed_batch_callbacks, replay_batch_callback
+from worker.webhooks.batch_delivery import (
+    BATCH_EVENT,
+    failed_batch_callbacks,
+    replay_batch_callback,
+)
 from worker.webhooks.delivery import failed_callbacks, replay_callback
 
 DeadLetterKind = Literal["run", "batch"]
@@ -71,8 +75,6 @@ def dead_letters(*, context: Context | None = None, limit: int = 1000) -> list[D
     ctx = context or get_context()
     found: list[DeadLetter] = []
     for failed in failed_callbacks(ctx, limit=limit):
-        run = ctx.ledger.get(failed.run_id)
-        attempts = list((run.get("callback_attempts") if run else None) or [])
         found.append(
             DeadLetter(
                 kind="run",
@@ -82,25 +84,20 @@ def dead_letters(*, context: Context | None = None, limit: int = 1000) -> list[D
                 event=failed.event,
                 error=failed.error,
                 attempts=failed.attempts,
-                last_attempt=attempts[-1] if attempts else None,
+                last_attempt=failed.last_attempt,
             )
         )
     for letter in failed_batch_callbacks(ctx, limit=limit):
-        try:
-            record = get_record(ctx, letter.batch_id)
-        except BatchNotFoundError:  # expired since it was listed
-            continue
-        attempts = list(record.get("callback_attempts") or [])
         found.append(
             DeadLetter(
                 kind="batch",
                 id=letter.batch_id,
                 failed_at=letter.failed_at,
                 url=letter.url,
-                event="batch.completed",
+                event=BATCH_EVENT,
                 error=letter.error,
                 attempts=letter.attempts,
-                last_attempt=attempts[-1] if attempts else None,
+                last_attempt=letter.last_attempt,
             )
         )
     return sorted(found, key=lambda d: d.failed_at)

@@ -279,6 +279,8 @@ class FailedBatchCallback:
     error: str
     attempts: int
     batch_state: str
+    #: The last delivery attempt as recorded; not in :meth:`as_dict` (see FailedCallback).
+    last_attempt: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -309,6 +311,7 @@ def failed_batch_callbacks(ctx: Context, *, limit: int = 1000) -> list[FailedBat
             continue
         if record.get("callback_state") != "failed":
             continue  # listed before its record was written, or replayed since
+        attempts = list(record.get("callback_attempts") or [])
         found.append(
             FailedBatchCallback(
                 batch_id=batch_id,
@@ -318,6 +321,7 @@ def failed_batch_callbacks(ctx: Context, *, limit: int = 1000) -> list[FailedBat
                 error=str(record.get("callback_error") or ""),
                 attempts=int(record.get("callback_tries") or 0),
                 batch_state=str(record.get("state") or ""),
+                last_attempt=attempts[-1] if attempts else None,
             )
         )
     return found

@@ -468,6 +468,9 @@ class FailedCallback:
     error: str
     attempts: int
     run_state: str
+    #: The last delivery attempt as recorded (time, status or error, latency); not in
+    #: :meth:`as_dict`, for a caller that shows it (the console's dead letters).
+    last_attempt: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -499,6 +502,7 @@ def failed_callbacks(ctx: Context, *, limit: int = 1000) -> list[FailedCallback]
             continue  # listed before its record was written (see index_dead_letter)
         todo = events.pending(run)
         event = todo[0] if todo else None
+        attempts = list(run.get("callback_attempts") or [])
         found.append(
             FailedCallback(
                 run_id=run_id,
@@ -507,8 +511,9 @@ def failed_callbacks(ctx: Context, *, limit: int = 1000) -> list[FailedCallback]
                 event=event.type if event else "",
                 webhook_id=events.webhook_id(run_id, event) if event else "",
                 error=str(run.get("callback_error") or ""),
-                attempts=len(run.get("callback_attempts") or []),
+                attempts=len(attempts),
                 run_state=run.state.value,
+                last_attempt=attempts[-1] if attempts else None,
             )
         )
     return found

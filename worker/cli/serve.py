@@ -70,8 +70,7 @@ def serve_command(rt: Runtime, host: str, port: int, workers: int, reuse_port: b
         try:
             sockets = [serve_processes.listener(host, port, reuse_port=True)]
         except OSError as exc:
-            print_error(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
-            return EXIT_FAILED
+            return _cannot_listen(host, port, exc)
     # Metrics unbuffered: uploads call Hatz from request threads, outside any task.
     context = Context.from_settings(rt.settings, buffered_metrics=False)
     app = create_app(context, celery=rt.celery, extensions=app_extensions())
@@ -107,11 +106,15 @@ def _serve_processes(host: str, port: int, workers: int) -> int:
     try:
         serve_processes.check_port_free(host, port)
     except OSError as exc:
-        print_error(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
-        return EXIT_FAILED
+        return _cannot_listen(host, port, exc)
     log.info("serving on http://%s:%s with %s processes", host, port, workers)
     command = serve_processes.child_command(host, port)
     return serve_processes.Supervisor(command, workers).run()
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> int:
+    print_error(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return EXIT_FAILED
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:

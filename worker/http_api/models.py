@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.files.refs import protocol
 from worker.store.ledger import Run, RunState
 
 SERVER_PATHS_REFUSED = (
@@ -50,7 +51,7 @@ class RunRequest(BaseModel):
     def _https_files_only(self) -> RunRequest:
         problems = []
         for name, ref in sorted((self.files or {}).items()):
-            scheme = ref.split("://", 1)[0].lower() if "://" in ref else ""
+            scheme = protocol(ref)
             if scheme != "https":
                 problems.append(
                     f"files: {name!r}: {ONLY_HTTPS if scheme else SERVER_PATHS_REFUSED}"

@@ -36,7 +36,7 @@ from worker.http_api.models import RunList, RunOut, RunRequest
 from worker.http_api.problems import ProblemError, error_lines, problem_responses
 from worker.http_api.services import Services, ServicesDep
 from worker.http_api.uploads import REQUEST_PART, ReceivedFile, receive_multipart
-from worker.store.ledger import Created, Run, RunState
+from worker.store.ledger import Run, RunState
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
@@ -154,8 +154,9 @@ def _enqueue(
     files: dict[str, ReceivedFile],
     idempotency_key: str | None,
     fingerprint: str | None,
-) -> Created:
-    """Upload the files (unless this is a retry of a request already made) and record the run.
+) -> tuple[Run, bool]:
+    """Upload the files (unless this is a retry of a request already made), record the run
+    and return it with whether it is new: as written, or read for an idempotent retry.
 
     Files given as https:// URLs (``body.files``) are recorded as such: the worker
     fetches and uploads them, as for ``enqueue_run(files=...)``.
@@ -184,9 +185,10 @@ def _enqueue(
             context=services.context,
         )
         if existing is not None:
-            return Created(existing, False)  # its files were uploaded the first time
+            # Its files were uploaded the first time.
+            return get_run(existing, context=services.context), False
     file_uuids = _upload(services, files)
-    return create_run(
+    created = create_run(
         body.app_id,
         {**body.inputs, **file_uuids},
         files=urls or None,
@@ -201,20 +203,7 @@ def _enqueue(
         context=services.context,
         celery=services.celery,
     )
-
-
-def _enqueue_and_read(
-    services: Services,
-    client: Client,
-    body: RunRequest,
-    files: dict[str, ReceivedFile],
-    idempotency_key: str | None,
-    fingerprint: str | None,
-) -> tuple[Run, bool]:
-    """:func:`_enqueue`, then the run's record: as written, or read for an idempotent retry."""
-    created = _enqueue(services, client, body, files, idempotency_key, fingerprint)
-    run = created.record or get_run(created.run_id, context=services.context)
-    return run, created.created
+    return created.record or get_run(created.run_id, context=services.context), created.created
 
 
 async def _wait(services: Services, run_id: str, seconds: int) -> Run:
@@ -242,7 +231,7 @@ def _json_run(
         raise ProblemError(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KiB")
     body = _parse_request(raw)
     fingerprint = _fingerprint(body, {}, idempotency_key)
-    return _enqueue_and_read(services, client, body, {}, idempotency_key, fingerprint)
+    return _enqueue(services, client, body, {}, idempotency_key, fingerprint)
 
 
 async def _multipart_run(
@@ -259,7 +248,7 @@ async def _multipart_run(
         raw, files = await receive_multipart(content_type, request.stream(), Path(directory), cap)
         body = _parse_request(raw)
         return await run_in_threadpool(
-            _enqueue_and_read,
+            _enqueue,
             services,
             client,
             body,

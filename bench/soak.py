@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
@@ -248,6 +248,26 @@ def wait_drained(s: SoakStack, timeout: float) -> None:
     wait_until(drained, timeout=timeout, interval=0.25, message="the soak's keys to expire")
 
 
+#: kombu's bookkeeping of the messages a worker holds right now (a beat task or a poll in
+#: flight): there whenever one is, whatever the round left behind.
+IN_FLIGHT_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
+
+
+def quiet_snapshot(client: redis.Redis, prefix: str, timeout: float = 30.0) -> Snapshot:
+    """A :class:`Snapshot` taken while no worker holds a message, so that two of them
+    compare the data left behind, not which periodic task happened to be running."""
+
+    def quiet() -> Snapshot | None:
+        if client.exists(*IN_FLIGHT_KEYS):
+            return None
+        snapshot = Snapshot.take(client, prefix)
+        held = IN_FLIGHT_KEYS.intersection(snapshot.names) or client.exists(*IN_FLIGHT_KEYS)
+        return None if held else snapshot
+
+    found = wait_until(quiet, timeout=timeout, interval=0.1, message="no message in flight")
+    return cast(Snapshot, found)
+
+
 def soak(
     runs: int = 2000,
     retention: int = 10,
@@ -267,7 +287,7 @@ def soak(
         warm = one_round(s, 20, "warm")
         wait_finished(s, warm, timeout=120)
         wait_drained(s, timeout=retention + 60)
-        baseline = Snapshot.take(client, prefix)
+        baseline = quiet_snapshot(client, prefix)
         print(f"soak: baseline {baseline}; enqueueing {runs} runs", file=log)
         t0 = time.monotonic()
         highest: dict[str, int] = {}
@@ -278,7 +298,7 @@ def soak(
         print(f"soak: {runs} runs ended in {took:.1f} s; then {peak}; peak {highest}", file=log)
         t1 = time.monotonic()
         wait_drained(s, timeout=retention + drain_timeout)
-        after = Snapshot.take(client, prefix)
+        after = quiet_snapshot(client, prefix)
         print(f"soak: drained in {time.monotonic() - t1:.1f} s; after {after}", file=log)
         delivered = len(s.ok.successful())
         dead_lettered = len(s.broken.snapshot())

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.stack import Stack, running_stack
+from worker.local.stack import wait_until
 from worker.runs.poll_plan import MIN_HISTORY, Window
 from worker.store.durations import recent_durations
 from worker.store.ledger import RunState
@@ -47,6 +48,15 @@ def test_a_run_of_a_stable_app_finishes_with_few_polls_once_it_has_history(
     first = [stack.wait(r) for r in [stack.enqueue(app.id) for _ in range(MIN_HISTORY + 1)]]
     assert all(run.state is RunState.COMPLETED for run in first)
     assert min(status_calls(stack, run["job_id"]) for run in first) >= 6
+    # A duration is recorded just after its run shows COMPLETED: wait for the last one.
+    wait_until(
+        lambda: (
+            len(recent_durations(stack.context.redis, stack.context.keys, app.id))
+            >= MIN_HISTORY + 1
+        ),
+        timeout=10,
+        message="every first run's duration",
+    )
     history = recent_durations(stack.context.redis, stack.context.keys, app.id)
     assert len(history) == MIN_HISTORY + 1
     assert all(abs(d.to_complete - DURATION) < 0.01 for d in history)  # by the API's clock
